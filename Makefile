@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh clone:  `make study`  and  `make test`.
+# Both first set up what is missing: a .venv with the locked Python packages.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip's global config may list index folders that do not exist; its warnings are noise here.
+PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup study data example test test-fast lint bench clean
+
+setup: $(STAMP)
+
+# torch is pinned to 2.13.0 in requirements.lock, so pip takes the local CPU wheel
+# instead of a multi-GB CUDA build; every other package is pinned there too.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(PIP_QUIET)
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(PY) -c "import torch, hydra, mlflow, study"
+	touch $(STAMP)
+
+study: setup data example
+
+data: setup
+	$(PY) -m study.data
+
+# One fully instrumented run: a deep tanh net with Xavier init, logged to ./mlflow.db.
+example: setup
+	$(PY) -m study.train model.depth=16 model.activation=tanh model.init=xavier_normal
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/bench_step.py
+
+clean:
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db results data/prepared

@@ -1,0 +1,226 @@
+"""Structured configs: the typed schema behind ``conf/``.
+
+Every knob of the study is a field here. Hydra composes ``conf/config.yaml`` onto
+``Config``, so a misspelt key or an enum value outside its choices is rejected at
+composition; :func:`validate` then checks the ranges a type cannot express.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Dataset(enum.StrEnum):
+    mnist1d = "mnist1d"
+    digits = "digits"
+
+
+class Activation(enum.StrEnum):
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    prelu = "prelu"
+    elu = "elu"
+    gelu = "gelu"
+    selu = "selu"
+
+
+class Init(enum.StrEnum):
+    default = "default"
+    xavier_uniform = "xavier_uniform"
+    xavier_normal = "xavier_normal"
+    kaiming_uniform = "kaiming_uniform"
+    kaiming_normal = "kaiming_normal"
+    orthogonal = "orthogonal"
+    lecun_normal = "lecun_normal"
+
+
+class Norm(enum.StrEnum):
+    none = "none"
+    batch = "batch"
+    layer = "layer"
+
+
+class Skip(enum.StrEnum):
+    none = "none"
+    residual = "residual"
+    highway = "highway"
+    dense = "dense"
+
+
+class Optimizer(enum.StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Device(enum.StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class DataConfig:
+    name: Dataset = Dataset.mnist1d
+    dir: str = "data/prepared"
+    # Generation (read by the prepare stage only).
+    seed: int = 0
+    num_samples: int = 5000
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    # Validation accuracy that counts as "learned" for steps-to-target.
+    target_accuracy: float = 0.5
+
+
+@dataclass
+class ResidualConfig:
+    scale: float = 1.0  # x + scale * block(x)
+
+
+@dataclass
+class HighwayConfig:
+    gate_bias: float = -2.0  # negative: the gate starts mostly closed (carry), as Srivastava et al.
+
+
+@dataclass
+class DenseConfig:
+    growth: int = 32  # width of each block's output appended to the running concatenation
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 8
+    width: int = 128
+    activation: Activation = Activation.relu
+    init: Init = Init.kaiming_normal
+    norm: Norm = Norm.none
+    skip: Skip = Skip.none
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    highway: HighwayConfig = field(default_factory=HighwayConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: Optimizer = Optimizer.sgd
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    clip_norm: float | None = None  # max global gradient norm; null = no clipping
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500  # 0 = probe at initialization only
+    batch_size: int = 128
+    eval_every: int = 50  # validation loss/accuracy every this many steps (and at the end)
+    device: Device = Device.auto
+    threads: int = 1  # torch intra-op threads; sweeps run one worker per core
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = True
+    batches: int = 1  # probe batches per measurement, averaged in the squared domain
+    batch_size: int = 128
+    # Probe after these many updates: 0, 1, 2, 5, 10, 20, 50, ... up to train.steps.
+    schedule: str = "log125"
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "study"
+    profile_plot: bool = True  # a small per-layer profile PNG as an artifact
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    run_name: str = MISSING
+
+
+PROBE_SCHEDULES = ("log125", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value outside its valid range; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def validate(cfg: Config) -> None:
+    """Check what the schema's types cannot: ranges and cross-field rules."""
+    m, o, t, p, d = cfg.model, cfg.optim, cfg.train, cfg.probe, cfg.data
+    _require(m.depth >= 1, "model.depth", f"must be a positive integer, got {m.depth}")
+    _require(m.width >= 1, "model.width", f"must be a positive integer, got {m.width}")
+    _require(m.dense.growth >= 1, "model.dense.growth", f"must be >= 1, got {m.dense.growth}")
+    _require(m.residual.scale > 0, "model.residual.scale", f"must be > 0, got {m.residual.scale}")
+    _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _require(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        f"must be two numbers in [0, 1), got {list(o.betas)}",
+    )
+    _require(
+        o.clip_norm is None or o.clip_norm > 0,
+        "optim.clip_norm",
+        f"must be > 0 or null, got {o.clip_norm}",
+    )
+    _require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
+    _require(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
+    _require(t.eval_every >= 1, "train.eval_every", f"must be >= 1, got {t.eval_every}")
+    _require(t.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {t.threads}")
+    _require(p.batches >= 1, "probe.batches", f"must be >= 1, got {p.batches}")
+    # Batch norm needs two examples to have a batch variance.
+    _require(p.batch_size >= 2, "probe.batch_size", f"must be >= 2, got {p.batch_size}")
+    _require(
+        p.schedule in PROBE_SCHEDULES,
+        "probe.schedule",
+        f"invalid value '{p.schedule}', expected one of: {', '.join(PROBE_SCHEDULES)}",
+    )
+    _require(
+        0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+        "data.val_fraction",
+        "val_fraction and test_fraction must be in (0, 1) and sum to less than 1",
+    )
+    _require(
+        0 < d.target_accuracy <= 1,
+        "data.target_accuracy",
+        f"must be in (0, 1], got {d.target_accuracy}",
+    )
+
+
+def prepared_path(data: DataConfig) -> Path:
+    return Path(data.dir) / f"{data.name}.npz"
+
+
+def register() -> None:
+    """Make the schema known to Hydra; ``conf/config.yaml`` names it first in its defaults."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+register()

@@ -1,0 +1,242 @@
+"""The DVC ``prepare`` stage: build each dataset's splits once, byte-reproducibly.
+
+``python -m study.data`` reads ``conf/data/<name>.yaml`` (the same files Hydra composes into
+``data=<name>`` for training), makes train/val/test splits, standardizes them with the train
+split's statistics and writes ``<dir>/<name>.npz`` plus ``<dir>/manifest.json`` with checksums.
+Training reads the result back with :func:`load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from study.config import Config, ConfigError, DataConfig, Dataset, prepared_path, validate
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "data"
+KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+MANIFEST = "manifest.json"
+# Zip entries carry a timestamp; a fixed one keeps the file a function of the data alone.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True, eq=False)  # eq on numpy arrays is ambiguous
+class Splits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_features: int
+    num_classes: int
+    sha256: str
+
+
+def data_config(name: str | Dataset, conf_dir: Path = CONF_DIR) -> DataConfig:
+    """``conf/data/<name>.yaml`` merged onto the schema, so unknown keys are rejected."""
+    node = OmegaConf.merge(
+        OmegaConf.structured(DataConfig), OmegaConf.load(conf_dir / f"{name}.yaml")
+    )
+    cfg = OmegaConf.to_object(node)
+    if cfg.name != name:
+        raise ConfigError("data.name", f"{conf_dir / f'{name}.yaml'} says name: {cfg.name}")
+    return cfg
+
+
+def _mnist1d(cfg: DataConfig) -> dict[str, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset  # slow import; only this stage
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = cfg.num_samples, cfg.seed, 1 - cfg.test_fraction
+    raw = make_dataset(args)  # procedural: never the download path
+    n_val = round(cfg.val_fraction * (len(raw["y"]) + len(raw["y_test"])))
+    perm = np.random.default_rng(cfg.seed).permutation(len(raw["y"]))
+    val, train = perm[:n_val], perm[n_val:]
+    return {
+        "x_train": raw["x"][train],
+        "y_train": raw["y"][train],
+        "x_val": raw["x"][val],
+        "y_val": raw["y"][val],
+        "x_test": raw["x_test"],
+        "y_test": raw["y_test"],
+    }
+
+
+def _digits(cfg: DataConfig) -> dict[str, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)  # all 1797 images; num_samples does not apply
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed
+    )
+    # val_fraction is of the whole set, so rescale it to the remainder.
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest,
+        y_rest,
+        test_size=cfg.val_fraction / (1 - cfg.test_fraction),
+        stratify=y_rest,
+        random_state=cfg.seed + 1,
+    )
+    return dict(
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test
+    )
+
+
+BUILDERS: dict[Dataset, Callable[[DataConfig], dict[str, np.ndarray]]] = {
+    Dataset.mnist1d: _mnist1d,
+    Dataset.digits: _digits,
+}
+
+
+def build(cfg: DataConfig) -> dict[str, np.ndarray]:
+    """The six arrays: float32 features standardized by train statistics, int64 labels."""
+    validate(Config(data=cfg))  # the fraction rules live there, shared with training
+    raw = BUILDERS[Dataset(cfg.name)](cfg)
+    x_train = raw["x_train"].astype(np.float64)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    # A pixel constant in train would otherwise divide a nonzero val/test value by ~0.
+    std = np.where(std < 1e-8, 1.0, std)
+    out = {}
+    for split in ("train", "val", "test"):
+        out[f"x_{split}"] = ((raw[f"x_{split}"] - mean) / std).astype(np.float32)
+        out[f"y_{split}"] = np.asarray(raw[f"y_{split}"], dtype=np.int64)
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data is not secret
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``np.load``-able .npz without ``np.savez``'s wall-clock timestamps."""
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for key in KEYS:
+                with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_EPOCH), "w") as f:
+                    np.lib.format.write_array(
+                        f, np.ascontiguousarray(arrays[key]), allow_pickle=False
+                    )
+
+    _atomic_write(path, write)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    text = json.dumps(obj, sort_keys=True, indent=2) + "\n"
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def prepare(cfg: DataConfig) -> dict:
+    """Build ``cfg``'s dataset, write its .npz, update the manifest; returns its manifest entry."""
+    arrays = build(cfg)
+    path = prepared_path(cfg)
+    write_npz(path, arrays)
+    labels = np.concatenate([arrays["y_train"], arrays["y_val"], arrays["y_test"]])
+    is_digits = Dataset(cfg.name) is Dataset.digits
+    entry = {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+        "num_features": int(arrays["x_train"].shape[1]),
+        "num_classes": int(labels.max()) + 1,
+        "sizes": {s: len(arrays[f"y_{s}"]) for s in ("train", "val", "test")},
+        "settings": {
+            "seed": cfg.seed,
+            "num_samples": None if is_digits else cfg.num_samples,
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+        },
+    }
+    # A subset build (--only) must keep the other datasets' entries.
+    manifest_path = path.parent / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest[str(cfg.name)] = entry
+    _write_json(manifest_path, manifest)
+    return entry
+
+
+def load(cfg: DataConfig) -> Splits:
+    """The prepared splits for ``cfg.name``, with the file's sha256 for provenance."""
+    path = prepared_path(cfg)
+    if not path.is_file():
+        raise ConfigError(
+            "data.name", f"prepared data {path} not found; run `python -m study.data` first"
+        )
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in KEYS}
+    labels = np.concatenate([arrays["y_train"], arrays["y_val"], arrays["y_test"]])
+    return Splits(
+        **arrays,
+        num_features=int(arrays["x_train"].shape[1]),
+        num_classes=int(labels.max()) + 1,
+        sha256=sha256_file(path),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    choices = [d.value for d in Dataset]
+    parser = argparse.ArgumentParser(
+        prog="python -m study.data", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory for all datasets (default: data.dir)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help=f"build only this dataset (repeatable): {', '.join(choices)}",
+    )
+    args = parser.parse_args(argv)
+    # argparse's own choices error is a multi-line usage dump; keep it to one line.
+    for name in args.only or []:
+        if name not in choices:
+            print(
+                f"study.data: --only: invalid value '{name}', expected one of: "
+                f"{', '.join(choices)}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+    for name in dict.fromkeys(args.only or choices):  # dedupe, keep order
+        cfg = data_config(name)
+        if args.out is not None:
+            cfg.dir = str(args.out)
+        entry = prepare(cfg)
+        shapes = " ".join(
+            f"{s} {tuple(entry['arrays'][f'x_{s}']['shape'])}" for s in ("train", "val", "test")
+        )
+        print(f"{name}: {shapes} -> {prepared_path(cfg)} sha256 {entry['sha256'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

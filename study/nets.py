@@ -1,0 +1,223 @@
+"""The network family: a stem, ``depth`` hidden blocks, a linear head.
+
+A block is ``Linear -> Norm -> activation``; the skip decides how blocks are chained.
+Each axis is a registry (name -> constructor), so a new activation, init, norm or skip
+is one entry here and one enum member in ``study.config``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from study.config import Activation, Init, ModelConfig, Norm, Skip
+
+# --------------------------------------------------------------------------- activations
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    make: Callable[[], nn.Module]
+    negative_slope: float  # used by kaiming init; 0 for everything but the leaky ones
+    family: str  # "saturating" (sigmoid, tanh), "relu" (the ReLU family), "smooth"
+    # phi'(u) for the saturated-fraction statistic; saturating activations only.
+    derivative: Callable[[torch.Tensor], torch.Tensor] | None = None
+    max_derivative: float = 1.0
+
+
+def _sigmoid_derivative(u: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(u)
+    return s * (1 - s)
+
+
+def _tanh_derivative(u: torch.Tensor) -> torch.Tensor:
+    return 1 - torch.tanh(u) ** 2
+
+
+ACTIVATIONS: dict[Activation, ActivationSpec] = {
+    Activation.sigmoid: ActivationSpec(
+        nn.Sigmoid, 0.0, "saturating", _sigmoid_derivative, max_derivative=0.25
+    ),
+    Activation.tanh: ActivationSpec(nn.Tanh, 0.0, "saturating", _tanh_derivative),
+    Activation.relu: ActivationSpec(nn.ReLU, 0.0, "relu"),
+    Activation.leaky_relu: ActivationSpec(lambda: nn.LeakyReLU(0.01), 0.01, "relu"),
+    Activation.prelu: ActivationSpec(lambda: nn.PReLU(num_parameters=1, init=0.25), 0.25, "relu"),
+    Activation.elu: ActivationSpec(nn.ELU, 0.0, "relu"),
+    Activation.gelu: ActivationSpec(nn.GELU, 0.0, "smooth"),
+    Activation.selu: ActivationSpec(nn.SELU, 0.0, "smooth"),
+}
+
+# --------------------------------------------------------------------------------- inits
+
+
+def _kaiming_uniform(w: torch.Tensor, slope: float) -> None:
+    nn.init.kaiming_uniform_(w, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+
+
+def _kaiming_normal(w: torch.Tensor, slope: float) -> None:
+    nn.init.kaiming_normal_(w, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+
+
+def _lecun_normal(w: torch.Tensor, slope: float) -> None:
+    nn.init.normal_(w, std=1.0 / math.sqrt(w.shape[1]))
+
+
+# Each takes a Linear weight (out, in) and the activation's negative slope.
+INITS: dict[Init, Callable[[torch.Tensor, float], None] | None] = {
+    Init.default: None,  # keep PyTorch's own (kaiming_uniform with a=sqrt(5), uniform biases)
+    Init.xavier_uniform: lambda w, slope: nn.init.xavier_uniform_(w, gain=1.0),
+    Init.xavier_normal: lambda w, slope: nn.init.xavier_normal_(w, gain=1.0),
+    Init.kaiming_uniform: _kaiming_uniform,
+    Init.kaiming_normal: _kaiming_normal,
+    Init.orthogonal: lambda w, slope: nn.init.orthogonal_(w, gain=1.0),
+    Init.lecun_normal: _lecun_normal,
+}
+
+
+def sigma_w2(init: Init, activation: Activation, fan_in: int, fan_out: int) -> float:
+    """fan_in * Var(W) that an init gives a Linear(fan_in, fan_out): the mean-field sigma_w^2."""
+    slope = ACTIVATIONS[activation].negative_slope
+    return {
+        Init.default: 1.0 / 3.0,
+        Init.xavier_uniform: 2.0 * fan_in / (fan_in + fan_out),
+        Init.xavier_normal: 2.0 * fan_in / (fan_in + fan_out),
+        Init.kaiming_uniform: 2.0 / (1.0 + slope**2),
+        Init.kaiming_normal: 2.0 / (1.0 + slope**2),
+        Init.orthogonal: 1.0 if fan_out >= fan_in else fan_in / fan_out,
+        Init.lecun_normal: 1.0,
+    }[init]
+
+
+def init_linear(linear: nn.Linear, init: Init, activation: Activation) -> None:
+    scheme = INITS[init]
+    if scheme is None:
+        return
+    scheme(linear.weight, ACTIVATIONS[activation].negative_slope)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+# --------------------------------------------------------------------------------- norms
+
+NORMS: dict[Norm, Callable[[int], nn.Module]] = {
+    Norm.none: lambda width: nn.Identity(),
+    Norm.batch: nn.BatchNorm1d,
+    Norm.layer: nn.LayerNorm,
+}
+
+# ---------------------------------------------------------------------------- the blocks
+
+
+class Block(nn.Module):
+    """Linear -> Norm -> activation. ``linear`` output is z_l, ``act`` output is phi(u_l)."""
+
+    def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig):
+        super().__init__()
+        self.linear = nn.Linear(fan_in, fan_out)
+        self.norm = NORMS[cfg.norm](fan_out)
+        self.act = ACTIVATIONS[cfg.activation].make()
+        init_linear(self.linear, cfg.init, cfg.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.linear(x)))
+
+
+class PlainLayer(nn.Module):
+    def __init__(self, fan_in: int, cfg: ModelConfig):
+        super().__init__()
+        self.block = Block(fan_in, cfg.width, cfg)
+        self.out_features = cfg.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ResidualLayer(nn.Module):
+    """x + scale * block(x)."""
+
+    def __init__(self, fan_in: int, cfg: ModelConfig):
+        super().__init__()
+        self.block = Block(fan_in, cfg.width, cfg)
+        self.scale = cfg.residual.scale
+        self.out_features = cfg.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.block(x)
+
+
+class HighwayLayer(nn.Module):
+    """T * block(x) + (1 - T) * x with the transform gate T = sigmoid(W_T x + b_T)."""
+
+    def __init__(self, fan_in: int, cfg: ModelConfig):
+        super().__init__()
+        self.block = Block(fan_in, cfg.width, cfg)
+        self.gate = nn.Linear(fan_in, cfg.width)
+        init_linear(self.gate, cfg.init, cfg.activation)
+        nn.init.constant_(self.gate.bias, cfg.highway.gate_bias)
+        self.out_features = cfg.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.sigmoid(self.gate(x))
+        return t * self.block(x) + (1 - t) * x
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-style: the block reads the concatenation of the stem output and all earlier
+    block outputs, and appends its own ``growth``-wide output to it."""
+
+    def __init__(self, fan_in: int, cfg: ModelConfig):
+        super().__init__()
+        self.block = Block(fan_in, cfg.dense.growth, cfg)
+        self.out_features = fan_in + cfg.dense.growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.block(x)], dim=1)
+
+
+# Each takes the width it reads and sets ``out_features``, the width it passes on.
+SKIPS: dict[Skip, Callable[[int, ModelConfig], nn.Module]] = {
+    Skip.none: PlainLayer,
+    Skip.residual: ResidualLayer,
+    Skip.highway: HighwayLayer,
+    Skip.dense: DenseLayer,
+}
+
+# ------------------------------------------------------------------------------ the net
+
+
+class MLP(nn.Module):
+    """stem Linear(in, W) -> ``depth`` layers -> head Linear(., classes).
+
+    The stem is linear only (no norm, no activation) so that every skip sees a
+    width-W input; blocks are numbered 1 (nearest the input) to ``depth``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, cfg: ModelConfig):
+        super().__init__()
+        self.stem = nn.Linear(in_features, cfg.width)
+        init_linear(self.stem, cfg.init, cfg.activation)
+        layers, width = [], cfg.width
+        for _ in range(cfg.depth):
+            layers.append(SKIPS[cfg.skip](width, cfg))
+            width = layers[-1].out_features
+        self.layers = nn.ModuleList(layers)
+        self.head = nn.Linear(width, num_classes)
+        init_linear(self.head, cfg.init, cfg.activation)
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [layer.block for layer in self.layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h)
+
+
+def build(in_features: int, num_classes: int, cfg: ModelConfig) -> MLP:
+    return MLP(in_features, num_classes, cfg)

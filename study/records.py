@@ -1,0 +1,117 @@
+"""The on-disk record of a run: ``run.json`` and ``layers.parquet`` in the job's directory.
+
+Records are the source of truth (MLflow mirrors them). Every file is written under a
+temporary name in the same directory and renamed into place, so a killed job leaves
+either the previous file or the new one, never half of one. ``run.json`` is written
+last: its presence with ``status`` set is what marks a run as recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+LAYERS_FILE = "layers.parquet"
+STATUSES = ("finished", "diverged", "failed")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null (the parquet files keep them)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
+    table = pa.table({name: pa.array(values) for name, values in columns.items()})
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run's record, or None if it has none (never written, or killed before the end)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+@functools.cache
+def code_version() -> str:
+    """sha256 (12 hex) of the ``study`` package sources: what the numbers were computed with.
+
+    Unlike a git commit it also covers uncommitted edits, and it is the same on any
+    checkout of the same code, so a cell's key survives clones and rebases.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The checkout's commit, with ``-dirty`` when it has uncommitted changes; None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PACKAGE_DIR,
+            capture_output=True,
+            text=True,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return None
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    """Stable identity of a run: its resolved config (without where it is logged) and code."""
+    relevant = {k: v for k, v in config.items() if k not in ("tracking", "run_name")}
+    blob = json.dumps(json_safe(relevant), sort_keys=True) + code_version()
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

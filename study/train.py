@@ -1,0 +1,270 @@
+"""Stage ``sweep``: one run = one cell of the grid.
+
+    python -m study.train model.depth=32 model.activation=tanh
+    python -m study.train -m model.depth=2,8,32 seed=0,1,2
+
+Probe at initialization, train for ``train.steps`` with probes on their schedule, evaluate,
+then record: ``layers.parquet``, the MLflow run, and last ``run.json`` in the job's output
+directory. A non-finite loss ends the run as ``diverged`` (exit 0: it is a result); an
+exception ends it as ``failed``, recorded with its error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from study import data as datasets
+from study import loop, nets, records, tracking
+from study.config import Config, ConfigError, Device, validate
+from study.probes import STATS, profile_summary
+
+log = logging.getLogger("study.train")
+
+MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("train.device", "cuda requested but no CUDA device is available")
+    return torch.device(str(device))
+
+
+def summarize(layers: dict[str, np.ndarray], final_step: int) -> dict[str, Any]:
+    """Profile summaries for both gradients at initialization and at the last probe."""
+    out: dict[str, Any] = {}
+    steps = layers["step"]
+    for when, step in (("init", 0), ("final", final_step)):
+        rows = steps == step
+        if not rows.any() or (when == "final" and final_step == 0):
+            continue
+        for grad in ("signal", "weight"):
+            for name, value in profile_summary(layers[f"{grad}_grad_norm"][rows]).items():
+                out[f"{grad}_{name}_{when}"] = value
+    return out
+
+
+def profile_plot(layers: dict[str, np.ndarray], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharex=True)
+    steps = sorted(set(layers["step"].tolist()))
+    for ax, grad in zip(axes, ("signal", "weight"), strict=True):
+        for step in (steps[0], steps[-1]) if len(steps) > 1 else steps[:1]:
+            rows = layers["step"] == step
+            norms = layers[f"{grad}_grad_norm"][rows]
+            with np.errstate(divide="ignore"):
+                ax.plot(layers["layer"][rows], np.log10(norms), marker=".", label=f"step {step}")
+        ax.set_title(f"{grad} gradient")
+        ax.set_xlabel("layer (1 = input side)")
+        ax.set_ylabel("log10 norm")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def mlflow_metrics(outcome: loop.Outcome, summary: dict[str, Any]) -> list:
+    now = int(time.time() * 1000)
+    metrics = [
+        tracking.metric(k, v, timestamp=now)
+        for k, v in {**outcome.metrics, **summary}.items()
+        if v is not None and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    layers = outcome.layers
+    final_step = int(layers["step"].max()) if len(layers["step"]) else 0
+    for when, step in (("init", 0), ("final", final_step)):
+        if when == "final" and final_step == 0:
+            continue
+        rows = layers["step"] == step
+        for stat in STATS:
+            metrics += tracking.finite_metrics(
+                f"{when}/{stat}", layers[stat][rows], layers["layer"][rows], now
+            )
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        metrics += tracking.finite_metrics(
+            f"curve/{key}", outcome.curve.get(key, []), outcome.curve.get("step", []), now
+        )
+    return metrics
+
+
+def execute(cfg: Config, resolved: dict[str, Any], splits: datasets.Splits, out_dir: Path) -> str:
+    """Train, measure and record one run; returns its status."""
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        # CPU kernels are deterministic already (and this call costs seconds of imports).
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    record: dict[str, Any] = {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_name": cfg.run_name,
+        "cell_key": records.cell_key(resolved),
+        "config": resolved,
+        "code_version": records.code_version(),
+        "git_commit": records.git_commit(),
+        "data": {"name": str(cfg.data.name), "sha256": splits.sha256},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "host": platform.node(),
+        },
+        "started_at": started.isoformat(),
+        "error": None,
+    }
+    outcome: loop.Outcome | None = None
+    try:
+        torch.manual_seed(cfg.seed)
+        model = nets.build(splits.num_features, splits.num_classes, cfg.model).to(device)
+        outcome = loop.run(model, splits, cfg, device)
+        status = outcome.status
+    except Exception as exc:  # noqa: BLE001 - any crash is recorded, then reported
+        status = "failed"
+        record["error"] = "".join(traceback.format_exception_only(exc)).strip()
+        record["traceback"] = traceback.format_exc()
+
+    layers = outcome.layers if outcome else loop.stack_rows([], cfg.model.depth)
+    final_step = int(layers["step"].max()) if len(layers["step"]) else 0
+    summary = summarize(layers, final_step) if len(layers["step"]) else {}
+    if outcome is not None:
+        summary.update(
+            steps_done=outcome.steps_done,
+            diverged_at_step=outcome.diverged_at_step,
+            steps_to_target=outcome.steps_to_target,
+        )
+    record.update(
+        status=status,
+        metrics=outcome.metrics if outcome else {},
+        summary=summary,
+        curve=outcome.curve if outcome else {},
+    )
+
+    records.write_parquet(out_dir / records.LAYERS_FILE, layers)
+    timings = {**(outcome.timings if outcome else {}), "wall_s": time.perf_counter() - t0}
+    record["timings"] = timings
+    if cfg.tracking.enabled:
+        record["mlflow"] = log_to_mlflow(cfg, record, outcome, summary, out_dir)
+    record["finished_at"] = datetime.now(UTC).isoformat()
+    records.write_json(out_dir / records.RUN_FILE, record)
+    return status
+
+
+def log_to_mlflow(
+    cfg: Config,
+    record: dict[str, Any],
+    outcome: loop.Outcome | None,
+    summary: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, str]:
+    tracker = tracking.Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    config_path = out_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(record["config"]))
+    artifacts = [out_dir / records.LAYERS_FILE, config_path]
+    if cfg.tracking.profile_plot and outcome is not None and len(outcome.layers["step"]):
+        plot = out_dir / "profile.png"
+        profile_plot(outcome.layers, plot, cfg.run_name)
+        artifacts.append(plot)
+    tags = {
+        "study.status": record["status"],
+        "study.cell_key": record["cell_key"],
+        "study.code_version": record["code_version"],
+        "study.data_sha256": record["data"]["sha256"],
+    }
+    if record["error"]:
+        tags["study.error"] = record["error"][:5000]
+    timings = {f"{k}": v for k, v in record["timings"].items()}
+    run_id = tracker.log_run(
+        run_name=cfg.run_name,
+        params=tracking.flatten(record["config"]),
+        tags=tags,
+        metrics=(mlflow_metrics(outcome, {**summary, **timings}) if outcome else []),
+        artifacts=artifacts,
+        status=MLFLOW_STATUS[record["status"]],
+    )
+    return {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri}
+
+
+def _discard_job_dir(out_dir: Path) -> None:
+    """Bad input leaves nothing behind: remove the folder Hydra made for this job."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    parent = out_dir.parent
+    if parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dcfg: DictConfig) -> str:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        validate(cfg)
+        resolve_device(cfg.train.device)
+        splits = datasets.load(cfg.data)
+    except ConfigError as exc:
+        _discard_job_dir(out_dir)
+        fail(2, f"error: {exc}")
+    resolved = OmegaConf.to_container(dcfg, resolve=True, enum_to_str=True)
+    status = execute(cfg, resolved, splits, out_dir)
+    log.info("%s: %s (record in %s)", cfg.run_name, status, out_dir)
+    if status == "failed" and hc.mode == RunMode.RUN:
+        error = records.read_run(out_dir)["error"]
+        fail(1, f"{cfg.run_name} failed: {error} (recorded in {out_dir})")
+    return status
+
+
+def fail(code: int, message: str) -> NoReturn:
+    """One line on stderr and an exit status; SystemExit passes through Hydra untouched."""
+    print(f"study.train: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A composition or validation error as a single line that names the key."""
+    cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or ""
+        msg = str(getattr(cause, "msg", None) or cause).splitlines()[0]
+        return f"{key}: {msg}" if key else msg
+    # e.g. a missing group option: keep the message, drop Hydra's search-path listing.
+    return " ".join(str(exc).split("Config search path")[0].split())
+
+
+def cli() -> None:
+    # Hydra prints errors over several lines plus a hint; we report them ourselves in one.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (ConfigCompositionException, OmegaConfBaseException) as exc:
+        fail(2, f"error: {_one_line(exc)}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,44 @@
+"""Shared fixtures: small prepared datasets and the real Hydra configs, composed and shrunk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from study.config import Config, DataConfig, Dataset
+from study.data import load, prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """mnist1d (1000 samples) and digits, built by the real prepare code into a temp dir."""
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(DataConfig(name=Dataset.mnist1d, dir=str(out), num_samples=1000))
+    prepare(DataConfig(name=Dataset.digits, dir=str(out), val_fraction=0.2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist1d(prepared):
+    return load(DataConfig(name=Dataset.mnist1d, dir=str(prepared)))
+
+
+def compose_config(*overrides: str) -> Config:
+    """The project's own conf/, composed with overrides, as the typed Config."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        dcfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_object(dcfg)
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,115 @@
+"""The network family: every value of every axis builds, probes and trains."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from study import loop, nets
+from study.config import Activation, Config, Init, ModelConfig, Norm, Skip
+from study.probes import STATS
+
+from .conftest import compose_config
+
+GRID = list(itertools.product(Activation, Init, Norm, Skip))
+
+
+def test_grid_is_the_full_factorial():
+    assert len(GRID) == 8 * 7 * 3 * 4
+    assert set(nets.ACTIVATIONS) == set(Activation)
+    assert set(nets.INITS) == set(Init)
+    assert set(nets.NORMS) == set(Norm)
+    assert set(nets.SKIPS) == set(Skip)
+
+
+@pytest.fixture(scope="module")
+def base_config() -> Config:
+    return compose_config(
+        "model.depth=3", "model.width=16", "model.dense.growth=8",
+        "train.steps=3", "train.batch_size=32", "train.eval_every=2",
+        "probe.batch_size=32",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("activation", "init", "norm", "skip"), GRID, ids=lambda v: str(v))
+def test_every_combination_builds_probes_and_trains(
+    base_config, mnist1d, activation, init, norm, skip
+):
+    cfg = base_config
+    cfg.model.activation, cfg.model.init, cfg.model.norm, cfg.model.skip = (
+        activation, init, norm, skip,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = nets.build(mnist1d.num_features, mnist1d.num_classes, cfg.model)
+    assert len(model.blocks) == 3
+    outcome = loop.run(model, mnist1d, cfg, torch.device("cpu"))
+    assert outcome.status == "finished"
+    assert outcome.steps_done == 3
+    layers = outcome.layers
+    assert sorted(set(layers["step"].tolist())) == [0, 1, 2, 3]
+    assert set(STATS) <= set(layers)
+    assert np.all(np.isfinite(layers["signal_grad_norm"]))
+    assert np.all(layers["signal_grad_norm"] > 0)
+    assert np.all(np.isfinite(layers["update_ratio"][layers["step"] > 0]))
+    assert math.isfinite(outcome.metrics["test_accuracy"])
+
+
+def linear_weights(model: nets.MLP) -> list[torch.Tensor]:
+    return [model.stem.weight] + [b.linear.weight for b in model.blocks] + [model.head.weight]
+
+
+@pytest.mark.parametrize(
+    ("init", "expected"),
+    [
+        (Init.kaiming_normal, 2.0),  # He: 2 / fan_in, relu has slope 0
+        (Init.kaiming_uniform, 2.0),
+        (Init.xavier_normal, 1.0),  # square layers: 2 / (fan_in + fan_out) = 1 / fan_in
+        (Init.xavier_uniform, 1.0),
+        (Init.lecun_normal, 1.0),
+        (Init.orthogonal, 1.0),
+        (Init.default, 1.0 / 3.0),
+    ],
+)
+def test_init_gives_the_stated_weight_variance(init, expected):
+    torch.manual_seed(0)
+    cfg = ModelConfig(depth=4, width=256, activation=Activation.relu, init=init)
+    model = nets.build(40, 10, cfg)
+    for block in model.blocks:
+        w = block.linear.weight
+        measured = w.shape[1] * w.var().item()
+        assert measured == pytest.approx(expected, rel=0.05)
+        assert measured == pytest.approx(nets.sigma_w2(init, cfg.activation, 256, 256), rel=0.05)
+        if init is not Init.default:
+            assert torch.count_nonzero(block.linear.bias) == 0
+
+
+def test_kaiming_uses_the_activation_negative_slope():
+    torch.manual_seed(0)
+    cfg = ModelConfig(depth=2, width=512, activation=Activation.prelu, init=Init.kaiming_normal)
+    w = nets.build(40, 10, cfg).blocks[0].linear.weight
+    assert w.shape[1] * w.var().item() == pytest.approx(2 / (1 + 0.25**2), rel=0.05)
+
+
+def test_highway_gate_starts_closed_and_dense_grows():
+    cfg = ModelConfig(depth=3, width=16, skip=Skip.highway)
+    model = nets.build(40, 10, cfg)
+    assert torch.all(model.layers[0].gate.bias == -2.0)
+    cfg = ModelConfig(depth=3, width=16, skip=Skip.dense)
+    model = nets.build(40, 10, cfg)
+    fan_ins = [b.linear.in_features for b in model.blocks]
+    assert fan_ins == [16, 16 + 32, 16 + 64]
+    assert model.head.in_features == 16 + 3 * 32
+    out = model(torch.randn(5, 40))
+    assert out.shape == (5, 10)
+
+
+def test_residual_layer_adds_the_scaled_branch():
+    cfg = ModelConfig(depth=1, width=8, skip=Skip.residual)
+    cfg.residual.scale = 0.5
+    layer = nets.build(4, 2, cfg).layers[0]
+    x = torch.randn(3, 8)
+    assert torch.allclose(layer(x), x + 0.5 * layer.block(x))

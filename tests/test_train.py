@@ -1,0 +1,152 @@
+"""One run end to end: the command line, its records, its MLflow run, its failure modes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from study import records
+from study.data import Splits
+from study.probes import STATS
+from study.train import execute
+
+from .conftest import compose_config, subprocess_env
+
+
+@pytest.fixture
+def workdir(tmp_path, prepared) -> Path:
+    """A project-like working directory: prepared data where the default config looks."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prepared").symlink_to(prepared)
+    return tmp_path
+
+
+def train(workdir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "study.train", *overrides],
+        cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def run_dirs(workdir: Path) -> list[Path]:
+    return sorted(p.parent for p in (workdir / "outputs").glob("*/*/run.json"))
+
+
+def mlflow_runs(workdir: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+@pytest.mark.slow
+def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
+    proc = train(workdir, "model.depth=32", "model.activation=relu",
+                 "model.init=kaiming_normal", "train.steps=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = run_dirs(workdir)
+    assert run_dir.name.endswith("d32-relu-kaiming_normal-none-none-s0")
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert record["config"]["model"]["depth"] == 32
+    assert len(record["data"]["sha256"]) == 64
+    assert record["cell_key"] == records.cell_key(record["config"])
+
+    layers = pd.read_parquet(run_dir / "layers.parquet")
+    assert list(layers.columns) == ["step", "layer", *STATS]
+    assert len(layers) == 32 and set(layers["step"]) == {0}
+    assert list(layers["layer"]) == list(range(1, 33))
+    assert layers["signal_grad_norm"].gt(0).all() and layers["dead_fraction"].notna().all()
+
+    client, [run] = mlflow_runs(workdir)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id == record["mlflow"]["run_id"]
+    assert run.info.run_name == "d32-relu-kaiming_normal-none-none-s0"
+    params = run.data.params
+    assert (params["model.depth"], params["model.activation"], params["model.init"]) == (
+        "32", "relu", "kaiming_normal",
+    )  # fmt: skip
+    history = client.get_metric_history(run.info.run_id, "init/signal_grad_norm")
+    assert sorted(m.step for m in history) == list(range(1, 33))
+    by_layer = {m.step: m.value for m in history}
+    np.testing.assert_allclose([by_layer[i] for i in range(1, 33)], layers["signal_grad_norm"])
+    assert "signal_log10_rate_init" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"layers.parquet", "config.yaml", "profile.png"} <= artifacts
+
+
+BAD_INPUTS = [
+    (["model.activation=swish"], "model.activation", "sigmoid, tanh, relu"),
+    (["model.depth=-1"], "model.depth", "-1"),
+    (["model.width=0"], "model.width", "0"),
+    (["optim.lr=0"], "optim.lr", "> 0"),
+    (["data.dir=missing/prepared"], "data.name", "python -m study.data"),
+    (["model.norm=group"], "model.norm", "none, batch, layer"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "key", "hint"), BAD_INPUTS, ids=lambda v: str(v))
+def test_bad_input_fails_with_one_line_and_leaves_nothing(workdir, overrides, key, hint):
+    proc = train(workdir, *overrides)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert key in lines[0] and hint in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (workdir / "mlflow.db").exists()
+    assert not (workdir / "mlruns").exists()
+    assert run_dirs(workdir) == []
+    assert not (workdir / "outputs").exists() or not any((workdir / "outputs").rglob("*.*"))
+
+
+@pytest.mark.slow
+def test_absurd_learning_rate_diverges_and_is_recorded(workdir):
+    proc = train(workdir, "model.depth=4", "optim.lr=1e8", "train.steps=60",
+                 "train.eval_every=20")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = run_dirs(workdir)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "diverged"
+    assert 1 <= record["summary"]["diverged_at_step"] <= record["summary"]["steps_done"] <= 20
+    layers = pd.read_parquet(run_dir / "layers.parquet")
+    assert 0 in set(layers["step"])  # statistics up to the divergence are kept
+    assert layers["step"].max() < record["summary"]["diverged_at_step"]
+    _, [run] = mlflow_runs(workdir)
+    assert run.data.tags["study.status"] == "diverged"
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_identical_layer_statistics(workdir):
+    args = ("model.depth=6", "model.norm=batch", "train.steps=30", "tracking.enabled=false")
+    for _ in range(2):
+        assert train(workdir, *args).returncode == 0
+    first, second = (pd.read_parquet(d / "layers.parquet") for d in run_dirs(workdir))
+    assert len(first) == 6 * len(set(first["step"])) and first["step"].max() == 30
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+
+
+def test_a_crash_is_recorded_as_failed_with_its_error(tmp_path, mnist1d):
+    cfg = compose_config("model.depth=3", "model.width=8", "train.steps=5",
+                         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    # Corrupt labels: class 99 of 10 makes the loss raise inside training.
+    broken = Splits(**{**mnist1d.__dict__, "y_train": np.full_like(mnist1d.y_train, 99)})
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    status = execute(cfg, resolved, broken, tmp_path)
+    assert status == "failed"
+    record = records.read_run(tmp_path)
+    assert record["status"] == "failed"
+    assert "IndexError" in record["error"] or "out of bounds" in record["error"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([record["mlflow"]["experiment_id"]])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["study.status"] == "failed"
