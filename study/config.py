@@ -7,9 +7,11 @@ composition; :func:`validate` then checks the ranges a type cannot express.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -57,6 +59,14 @@ class Skip(enum.StrEnum):
 class Optimizer(enum.StrEnum):
     sgd = "sgd"
     adamw = "adamw"
+
+
+class Schedule(enum.StrEnum):
+    """When to probe during training (study.probes.SCHEDULES has the steps)."""
+
+    log125 = "log125"  # after 0, 1, 2, 5, 10, 20, 50, ... updates
+    log10 = "log10"  # after 0, 1, 10, 100, ... updates
+    none = "none"  # never
 
 
 class Device(enum.StrEnum):
@@ -130,8 +140,7 @@ class ProbeConfig:
     enabled: bool = True
     batches: int = 1  # probe batches per measurement, averaged in the squared domain
     batch_size: int = 128
-    # Probe after these many updates: 0, 1, 2, 5, 10, 20, 50, ... up to train.steps.
-    schedule: str = "log125"
+    schedule: Schedule = Schedule.log125  # and always after the last update
 
 
 @dataclass
@@ -152,9 +161,6 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     run_name: str = MISSING
-
-
-PROBE_SCHEDULES = ("log125", "none")
 
 
 class ConfigError(ValueError):
@@ -198,11 +204,6 @@ def validate(cfg: Config) -> None:
     # Batch norm needs two examples to have a batch variance.
     _require(p.batch_size >= 2, "probe.batch_size", f"must be >= 2, got {p.batch_size}")
     _require(
-        p.schedule in PROBE_SCHEDULES,
-        "probe.schedule",
-        f"invalid value '{p.schedule}', expected one of: {', '.join(PROBE_SCHEDULES)}",
-    )
-    _require(
         0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
         "data.val_fraction",
         "val_fraction and test_fraction must be in (0, 1) and sum to less than 1",
@@ -212,6 +213,17 @@ def validate(cfg: Config) -> None:
         "data.target_accuracy",
         f"must be in (0, 1], got {d.target_accuracy}",
     )
+
+
+def as_dict(cfg: Any) -> Any:
+    """A config dataclass as plain JSON/YAML-ready data (enums as their names)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: as_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [as_dict(v) for v in cfg]
+    if isinstance(cfg, enum.Enum):
+        return cfg.value
+    return cfg
 
 
 def prepared_path(data: DataConfig) -> Path:

@@ -151,10 +151,10 @@ def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
         outcome.steps_done = steps
 
     train_time = time.perf_counter() - t0 - probe_time
-    if outcome.status == "finished":
+    if outcome.status == "finished" and steps > 0:
         test_loss, test_acc = evaluate(model, tensors["x_test"], tensors["y_test"])
         val_loss, val_acc = evaluate(model, tensors["x_val"], tensors["y_val"])
-    else:
+    else:  # diverged, or probe-only (nothing was trained to evaluate)
         test_loss = test_acc = val_loss = val_acc = math.nan
     outcome.metrics = {
         "test_loss": test_loss,

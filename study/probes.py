@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.config import Activation
+from study.config import Activation, Schedule
 from study.nets import ACTIVATIONS, MLP
 
 # The per-layer columns of layers.parquet, in order (besides ``step`` and ``layer``).
@@ -38,13 +38,23 @@ STATS = (
 SATURATION = 0.05
 
 
-def probe_steps(schedule: str, steps: int) -> list[int]:
-    """Update counts at which to probe: 0, 1, 2, 5, 10, 20, 50, ... and always the last."""
-    if schedule == "none":
+# Multiples of each power of ten at which a log-spaced schedule probes.
+SCHEDULES: dict[Schedule, tuple[int, ...]] = {
+    Schedule.log125: (1, 2, 5),
+    Schedule.log10: (1,),
+    Schedule.none: (),
+}
+
+
+def probe_steps(schedule: Schedule | str, steps: int) -> list[int]:
+    """Update counts at which to probe: 0, then e.g. 1, 2, 5, 10, 20, 50, ... (``log125``)
+    or 1, 10, 100, ... (``log10``), and always the last step."""
+    multiples = SCHEDULES[Schedule(schedule)]
+    if not multiples:
         return []
     due, decade = {0, steps}, 1
     while decade <= steps:
-        due.update(m * decade for m in (1, 2, 5) if m * decade <= steps)
+        due.update(m * decade for m in multiples if m * decade <= steps)
         decade *= 10
     return sorted(due)
 

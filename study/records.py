@@ -67,11 +67,16 @@ def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
-    """The run's record, or None if it has none (never written, or killed before the end)."""
+    """The run's record, or None if it has none (never written, or killed before the end).
+
+    Records are renamed into place whole, so an unreadable one was damaged outside the
+    study; treating it as absent reruns the cell.
+    """
     path = Path(run_dir) / RUN_FILE
-    if not path.exists():
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return json.loads(path.read_text())
 
 
 @functools.cache

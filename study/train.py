@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import hydra
 import numpy as np
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
@@ -33,13 +34,23 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study import data as datasets
-from study import loop, nets, records, tracking
-from study.config import Config, ConfigError, Device, validate
+from study import loop, nets, records, sweep, tracking
+from study.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    Device,
+    as_dict,
+    prepared_path,
+    validate,
+)
 from study.probes import STATS, profile_summary
 
 log = logging.getLogger("study.train")
 
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+RESULT_STATUSES = ("finished", "diverged")  # a failed cell is retried on the next run
+MLFLOW_MARKER = ".mlflow_run"  # the run id, written as soon as the MLflow run exists
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -112,7 +123,13 @@ def mlflow_metrics(outcome: loop.Outcome, summary: dict[str, Any]) -> list:
     return metrics
 
 
-def execute(cfg: Config, resolved: dict[str, Any], splits: datasets.Splits, out_dir: Path) -> str:
+def execute(
+    cfg: Config,
+    resolved: dict[str, Any],
+    splits: datasets.Splits,
+    out_dir: Path,
+    parent_run_id: str | None = None,
+) -> str:
     """Train, measure and record one run; returns its status."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -135,6 +152,7 @@ def execute(cfg: Config, resolved: dict[str, Any], splits: datasets.Splits, out_
             "python": platform.python_version(),
             "device": str(device),
             "host": platform.node(),
+            "pid": os.getpid(),
         },
         "started_at": started.isoformat(),
         "error": None,
@@ -170,7 +188,7 @@ def execute(cfg: Config, resolved: dict[str, Any], splits: datasets.Splits, out_
     timings = {**(outcome.timings if outcome else {}), "wall_s": time.perf_counter() - t0}
     record["timings"] = timings
     if cfg.tracking.enabled:
-        record["mlflow"] = log_to_mlflow(cfg, record, outcome, summary, out_dir)
+        record["mlflow"] = log_to_mlflow(cfg, record, outcome, summary, out_dir, parent_run_id)
     record["finished_at"] = datetime.now(UTC).isoformat()
     records.write_json(out_dir / records.RUN_FILE, record)
     return status
@@ -182,10 +200,12 @@ def log_to_mlflow(
     outcome: loop.Outcome | None,
     summary: dict[str, Any],
     out_dir: Path,
+    parent_run_id: str | None = None,
 ) -> dict[str, str]:
-    tracker = tracking.Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    tracker = tracking.tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    tracker.delete_runs(superseded_runs(out_dir, tracker.uri))
     config_path = out_dir / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(record["config"]))
+    config_path.write_text(yaml.safe_dump(record["config"], sort_keys=False))
     artifacts = [out_dir / records.LAYERS_FILE, config_path]
     if cfg.tracking.profile_plot and outcome is not None and len(outcome.layers["step"]):
         plot = out_dir / "profile.png"
@@ -199,6 +219,9 @@ def log_to_mlflow(
     }
     if record["error"]:
         tags["study.error"] = record["error"][:5000]
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    marker = out_dir / MLFLOW_MARKER
     timings = {f"{k}": v for k, v in record["timings"].items()}
     run_id = tracker.log_run(
         run_name=cfg.run_name,
@@ -207,8 +230,36 @@ def log_to_mlflow(
         metrics=(mlflow_metrics(outcome, {**summary, **timings}) if outcome else []),
         artifacts=artifacts,
         status=MLFLOW_STATUS[record["status"]],
+        on_create=marker.write_text,
     )
     return {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri}
+
+
+def superseded_runs(out_dir: Path, tracking_uri: str) -> list[str]:
+    """MLflow runs an earlier attempt at this job left: its record's, or a half-logged one."""
+    ids = set()
+    previous = records.read_run(out_dir)
+    if previous and (previous.get("mlflow") or {}).get("tracking_uri") == tracking_uri:
+        ids.add(previous["mlflow"]["run_id"])
+    marker = out_dir / MLFLOW_MARKER
+    if marker.exists():
+        ids.add(marker.read_text().strip())
+    return sorted(ids)
+
+
+_DATA_CACHE: dict[tuple, datasets.Splits] = {}
+
+
+def load_data(data: DataConfig) -> datasets.Splits:
+    """``datasets.load``, kept per process: a sweep worker reads each file once."""
+    path = prepared_path(data)
+    stat = path.stat() if path.exists() else None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is None or key not in _DATA_CACHE:
+        splits = datasets.load(data)  # raises the one-line ConfigError when missing
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = splits
+    return _DATA_CACHE[key]
 
 
 def _discard_job_dir(out_dir: Path) -> None:
@@ -220,24 +271,37 @@ def _discard_job_dir(out_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(dcfg: DictConfig) -> str:
+def main(dcfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
         cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         validate(cfg)
         resolve_device(cfg.train.device)
-        splits = datasets.load(cfg.data)
+        splits = load_data(cfg.data)
     except ConfigError as exc:
         _discard_job_dir(out_dir)
         fail(2, f"error: {exc}")
-    resolved = OmegaConf.to_container(dcfg, resolve=True, enum_to_str=True)
-    status = execute(cfg, resolved, splits, out_dir)
+    resolved = as_dict(cfg)  # resolved once already by to_object; re-resolving costs ms
+    parent_id = None
+    if hc.mode == RunMode.MULTIRUN:
+        previous = records.read_run(out_dir)
+        if is_done(previous, records.cell_key(resolved)):
+            return {"status": "skipped", "error": None}
+        parent_id = sweep.parent_run_id(Path(hc.sweep.dir))
+    status = execute(cfg, resolved, splits, out_dir, parent_id)
+    record = records.read_run(out_dir) or {}
     log.info("%s: %s (record in %s)", cfg.run_name, status, out_dir)
     if status == "failed" and hc.mode == RunMode.RUN:
-        error = records.read_run(out_dir)["error"]
-        fail(1, f"{cfg.run_name} failed: {error} (recorded in {out_dir})")
-    return status
+        fail(1, f"{cfg.run_name} failed: {record.get('error')} (recorded in {out_dir})")
+    return {"status": status, "error": record.get("error")}
+
+
+def is_done(record: dict[str, Any] | None, cell_key: str) -> bool:
+    """A cell needs no rerun if its record has this key and a result (diverging is one)."""
+    return bool(
+        record and record.get("cell_key") == cell_key and record["status"] in RESULT_STATUSES
+    )
 
 
 def fail(code: int, message: str) -> NoReturn:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,19 @@ def subprocess_env() -> dict[str, str]:
     env.pop("HYDRA_FULL_ERROR", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def workdir(tmp_path, prepared) -> Path:
+    """A project-like working directory: prepared data where the default config looks."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prepared").symlink_to(prepared)
+    return tmp_path
+
+
+def train(workdir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m study.train ...`` in ``workdir``, as a user would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "study.train", *overrides],
+        cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip

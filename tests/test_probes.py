@@ -186,4 +186,5 @@ def test_probe_schedule_is_log_spaced_and_ends_at_the_last_step():
     assert probe_steps("log125", 0) == [0]
     assert probe_steps("log125", 7) == [0, 1, 2, 5, 7]
     assert probe_steps("log125", 1000) == [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert probe_steps("log10", 150) == [0, 1, 10, 100, 150]
     assert probe_steps("none", 100) == []

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +16,7 @@ from study.data import Splits
 from study.probes import STATS
 from study.train import execute
 
-from .conftest import compose_config, subprocess_env
-
-
-@pytest.fixture
-def workdir(tmp_path, prepared) -> Path:
-    """A project-like working directory: prepared data where the default config looks."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "prepared").symlink_to(prepared)
-    return tmp_path
-
-
-def train(workdir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "study.train", *overrides],
-        cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+from .conftest import compose_config, train
 
 
 def run_dirs(workdir: Path) -> list[Path]:

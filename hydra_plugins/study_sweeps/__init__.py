@@ -1,0 +1,1 @@
+"""Hydra plugins of the study: the ``study`` sweeper and the ``pool`` launcher."""
