@@ -10,9 +10,21 @@ STAMP := $(VENV)/.installed
 # pip's global config may list index folders that do not exist; its warnings are noise here.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup study data example test test-fast lint bench clean
+.PHONY: setup system study data example test test-fast lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) system
+
+# Debian packages: a PostgreSQL server for the tracking-server test and recipe. Installed
+# only when missing, and only when we may (as root); otherwise say what is missing.
+system:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else \
+	    echo "setup: Debian package postgresql is missing (install it, or run make as root)"; \
+	  fi; \
+	fi
 
 # torch is pinned to 2.13.0 in requirements.lock, so pip takes the local CPU wheel
 # instead of a multi-GB CUDA build; every other package is pinned there too.
@@ -44,6 +56,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf outputs multirun mlruns mlartifacts mlflow.db results data/prepared

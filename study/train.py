@@ -312,6 +312,8 @@ def fail(code: int, message: str) -> NoReturn:
 
 def _one_line(exc: BaseException) -> str:
     """A composition or validation error as a single line that names the key."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
     cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or ""
@@ -326,8 +328,18 @@ def cli() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except (ConfigCompositionException, OmegaConfBaseException) as exc:
+    except (ConfigError, ConfigCompositionException, OmegaConfBaseException) as exc:
         fail(2, f"error: {_one_line(exc)}")
+    except Exception as exc:
+        if not _raised_by_hydra(exc):
+            raise  # a bug: keep the traceback
+        fail(2, f"error: {_one_line(exc)}")
+
+
+def _raised_by_hydra(exc: BaseException) -> bool:
+    """Hydra raises on bad command lines (unknown flags, bad sweep syntax): input errors."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
 
 
 if __name__ == "__main__":

@@ -1,0 +1,319 @@
+"""What a sweep pays per run besides the run itself, and how it scales from one worker to two.
+
+Two measurements, printed as tables; timings are printed, never asserted.
+
+1. **Fixed cost per run** (``--part fixed``). A probe-only cell (depth 2, relu, no skip,
+   ``train.steps=0``) computes for a few milliseconds, so what a sweep of such cells costs is
+   mostly the fixed cost per run: the Hydra job (config from its template, output folder,
+   logging set-up, callbacks), the task's glue (typed config, validation, resume check), the
+   MLflow run and the on-disk records. One process sets Hydra up as a real multirun does
+   (master config with ``+sweep=quick``, ``HydraContext``, ``Planner``), fills the pool
+   launcher's worker state through ``pool_launcher._init_worker`` with the same payload the
+   launcher sends its workers, and times ``pool_launcher._run(job)``, the worker's per-job
+   path, for N cells (seeds 0..N-1) after a few untimed warm-up jobs (the first pays lazy
+   imports). Side by side, job and compute alternating, it times the **compute alone** for
+   the same cell: ``nets.build`` + ``loop.run``, which is what ``execute`` runs for it. The
+   fixed cost is job - compute (target at most 50 ms, median); it is broken down by timing
+   ``study.train.log_to_mlflow`` (MLflow) and ``records.write_json`` + ``write_parquet``
+   (records) inside the jobs; the rest is "Hydra + task glue".
+
+2. **Sweep throughput, 2 workers vs 1** (``--part throughput``). The real CLI,
+   ``python -m study.train -m +sweep=quick ...``, as a subprocess on a probe-only grid of
+   4 depths x 4 activations x 4 skips x ``--seeds`` seeds, once with
+   ``hydra.launcher.n_jobs=1`` and once with ``n_jobs=2``, each into a fresh sweep folder
+   and MLflow experiment (one SQLite file). Reported: the subprocess's wall time, and the
+   time the sweeper itself reports in its last line (``[sweep] ...: N/N cells in X s``:
+   from just before the workers start to the end, so without Python start-up and
+   composition but with the workers' ~5 s of importing torch and MLflow, which the grid is
+   big enough to amortize). Target: two workers at least 1.7x as fast as one.
+
+Everything runs in a temporary working directory (the project's ``data/prepared`` is
+linked there if it exists, else MNIST-1D is prepared there), so the project's ``mlflow.db``
+and ``multirun/`` are never touched.
+
+    .venv/bin/python benchmarks/bench_sweep.py [--jobs 200] [--part fixed|throughput|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import os
+import pickle
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import torch
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobStatus, setup_globals
+from hydra.types import HydraContext, RunMode
+from omegaconf import OmegaConf
+
+import study.train
+from hydra_plugins.study_sweeps import pool_launcher
+from hydra_plugins.study_sweeps.compose import JobSpec, Planner, task_view
+from study import loop, nets, records
+from study.config import Config, DataConfig, Dataset
+from study.data import prepare
+from study.sweep import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+CPU = torch.device("cpu")
+CELL = ["model.depth=2", "model.activation=relu", "model.skip=none", "train.steps=0"]
+WARMUP = 10
+
+
+def setup_workdir(keep: bool) -> Path:
+    """A fresh working directory with ``data/prepared`` where the default config looks."""
+    work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    prepared = work / "data" / "prepared"
+    prepared.parent.mkdir(parents=True)
+    if (ROOT / "data" / "prepared" / "mnist1d.npz").is_file():
+        prepared.symlink_to(ROOT / "data" / "prepared")
+    else:
+        prepare(DataConfig(name=Dataset.mnist1d, dir=str(prepared)))
+    print(f"working directory: {work}{'' if keep else ' (removed at the end; --keep keeps it)'}")
+    return work
+
+
+def ms(seconds: list[float], q: str = "median") -> float:
+    if q == "p90":
+        return 1e3 * statistics.quantiles(seconds, n=10)[-1]
+    return 1e3 * statistics.median(seconds)
+
+
+# ------------------------------------------------------------------ part 1: fixed cost
+
+
+def timed(fn: Callable, spent: dict[str, float], bucket: str) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[bucket] += time.perf_counter() - t0
+
+    return wrapper
+
+
+def compute_alone(cfg: Config) -> float:
+    """Seconds of what ``execute`` computes for the cell: build the model, ``loop.run``."""
+    splits = study.train.load_data(cfg.data)  # cached per process, as in a job
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = nets.build(splits.num_features, splits.num_classes, cfg.model).to(CPU)
+    outcome = loop.run(model, splits, cfg, CPU)
+    seconds = time.perf_counter() - t0
+    if outcome.status != "finished":
+        raise RuntimeError(f"compute alone: {outcome.status}")
+    return seconds
+
+
+def run_job(job: JobSpec, session: Session) -> float:
+    t0 = time.perf_counter()
+    ret = pool_launcher._run(job)
+    seconds = time.perf_counter() - t0
+    status, error = pool_launcher.outcome(ret)
+    session.add(str(ret.cfg.run_name), status, error)
+    if ret.status is not JobStatus.COMPLETED or status != "finished":
+        raise RuntimeError(f"job {job.idx} ({job.overrides}): {status}: {error}")
+    return seconds
+
+
+def fixed_cost(n_jobs: int) -> None:
+    torch.set_num_threads(1)  # what each job sets (train.threads=1) and a pool worker runs
+    hydra = Hydra.create_main_hydra2(
+        task_name="train", config_search_path=create_config_search_path(str(CONF))
+    )
+    setup_globals()
+    master = hydra.config_loader.load_configuration(
+        "config",
+        [
+            "+sweep=quick",
+            "hydra.sweep.dir=multirun/bench",
+            "tracking.experiment=bench",
+            "hydra.output_subdir=null",
+        ],
+        run_mode=RunMode.MULTIRUN,
+    )
+    context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
+    HydraConfig.instance().set_config(master)
+    planner = Planner(context, master)
+    # Warm-up cells get seeds of their own: a timed cell must not find a record and skip.
+    seeds = [10_000 + k for k in range(WARMUP)] + list(range(n_jobs))
+    jobs = [planner.plan(i, ["+sweep=quick", *CELL, f"seed={s}"]) for i, s in enumerate(seeds)]
+    # The launcher's own payload for its workers, through the worker's own initializer.
+    templates = {
+        signature: (pickle.dumps(cfg), pickle.dumps(task_view(cfg)))
+        for signature, cfg in planner.templates.items()
+    }
+    task = pool_launcher.task_reference(study.train.main)
+    pool_launcher._init_worker(cloudpickle.dumps((context, Singleton.get_state(), task, templates)))
+    assert pool_launcher._WORKER["task"] is study.train.main.__wrapped__
+
+    def typed(job: JobSpec) -> Config:
+        cfg = pickle.loads(templates[job.signature][1])
+        for key, value in job.values:
+            OmegaConf.update(cfg, key, value, merge=False)
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+    configs = [typed(job) for job in jobs]
+    sweep_dir = Path(str(master.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    spent: dict[str, float] = defaultdict(float)
+    originals = (study.train.log_to_mlflow, records.write_json, records.write_parquet)
+    job_s, compute_s, mlflow_s, records_s = [], [], [], []
+    # Jobs log to the console (Hydra's job logging); keep that out of the table.
+    with open("jobs.log", "w") as log, contextlib.redirect_stdout(log):
+        session = Session.start(master, sweep_dir, total=len(jobs))  # MLflow DB, parent run
+        study.train.log_to_mlflow = timed(originals[0], spent, "mlflow")
+        records.write_json = timed(originals[1], spent, "records")
+        records.write_parquet = timed(originals[2], spent, "records")
+        try:
+            for k, (job, cfg) in enumerate(zip(jobs, configs, strict=True)):
+                spent.clear()
+                seconds = run_job(job, session)
+                compute = compute_alone(cfg)
+                if k >= WARMUP:
+                    job_s.append(seconds)
+                    compute_s.append(compute)
+                    mlflow_s.append(spent["mlflow"])
+                    records_s.append(spent["records"])
+        finally:
+            study.train.log_to_mlflow, records.write_json, records.write_parquet = originals
+            session.finish()
+            root = logging.getLogger()
+            for handler in list(root.handlers):  # they write to jobs.log, about to close
+                root.removeHandler(handler)
+                handler.close()
+
+    fixed = [j - c for j, c in zip(job_s, compute_s, strict=True)]
+    glue = [f - m - r for f, m, r in zip(fixed, mlflow_s, records_s, strict=True)]
+    print()
+    print(
+        f"Fixed cost per run: {' '.join(CELL)}, +sweep=quick; {n_jobs} jobs after {WARMUP} "
+        f"warm-up, in one process, job and compute alternating, torch "
+        f"{torch.get_num_threads()} thread"
+    )
+    print(f"{'':<42}{'median ms':>10}{'p90 ms':>10}")
+    rows = [
+        ("job: pool_launcher._run(job)", job_s),
+        ("compute alone: nets.build + loop.run", compute_s),
+        ("fixed cost = job - compute", fixed),
+        ("  MLflow: log_to_mlflow", mlflow_s),
+        ("  records: write_json + write_parquet", records_s),
+        ("  Hydra + task glue: the rest", glue),
+    ]
+    for name, values in rows:
+        print(f"{name:<42}{ms(values):>10.1f}{ms(values, 'p90'):>10.1f}")
+    print(f"fixed cost per run: {ms(fixed):.1f} ms median (target <= 50 ms)")
+
+
+# ------------------------------------------------------------------ part 2: throughput
+
+SWEEP_LINE = re.compile(r"^\[sweep\] .*?: (\d+)/(\d+) cells in ([0-9.]+)s: (.*)$", re.M)
+
+
+def grid(seeds: int) -> list[str]:
+    return [
+        "model.depth=2,4,8,16",
+        "model.activation=sigmoid,tanh,relu,gelu",
+        "model.skip=none,residual,highway,dense",
+        "train.steps=0",
+        "seed=" + ",".join(str(s) for s in range(seeds)),
+    ]
+
+
+def sweep(workers: int, seeds: int) -> tuple[int, float, float]:
+    """(cells, wall s, in-sweep s) of one CLI multirun with ``workers`` pool workers."""
+    name = f"throughput-{workers}w"
+    args = [
+        sys.executable, "-m", "study.train", "-m", "+sweep=quick", *grid(seeds),
+        f"hydra.launcher.n_jobs={workers}", f"hydra.sweep.dir=multirun/{name}",
+        f"tracking.experiment={name}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    Path(f"{name}.log").write_text(proc.stdout + proc.stderr)
+    found = SWEEP_LINE.findall(proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"{name}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-3000:]}")
+    done, total, inside, counts = found[-1]
+    if done != total or not counts.startswith(f"{total} finished"):
+        raise RuntimeError(f"{name}: {done}/{total} cells: {counts}")
+    return int(total), wall, float(inside)
+
+
+def throughput(seeds: int) -> None:
+    print()
+    cells = 64 * seeds
+    print(
+        f"Sweep throughput: python -m study.train -m +sweep=quick {' '.join(grid(seeds))} "
+        f"({cells} probe-only cells), hydra.launcher.n_jobs=1 then 2"
+    )
+    results = {}
+    for workers in (1, 2):
+        results[workers] = sweep(workers, seeds)
+        n, wall, inside = results[workers]
+        print(f"  {workers} worker(s): {n} cells, wall {wall:.1f}s, in sweep {inside:.1f}s")
+    print(f"{'workers':<10}{'wall s':>9}{'cells/s':>9}{'in-sweep s':>12}{'cells/s':>9}")
+    for workers, (n, wall, inside) in results.items():
+        print(f"{workers:<10}{wall:>9.1f}{n / wall:>9.2f}{inside:>12.1f}{n / inside:>9.2f}")
+    (_, wall1, in1), (_, wall2, in2) = results[1], results[2]
+    print(
+        f"2 workers vs 1: {wall1 / wall2:.2f}x wall, {in1 / in2:.2f}x in sweep (target >= 1.7x); "
+        f"this machine has os.cpu_count() = {os.cpu_count()} cores"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200, help="timed jobs in part 1")
+    parser.add_argument("--part", choices=("fixed", "throughput", "all"), default="all")
+    parser.add_argument(
+        "--seeds", type=int, default=6, help="seeds in part 2's grid (64 cells per seed)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+
+    print(
+        f"torch {torch.__version__}, python {sys.version.split()[0]}, "
+        f"os.cpu_count() = {os.cpu_count()}"
+    )
+    old_cwd = os.getcwd()
+    work = setup_workdir(args.keep)
+    os.chdir(work)
+    try:
+        if args.part in ("fixed", "all"):
+            fixed_cost(args.jobs)
+        if args.part in ("throughput", "all"):
+            throughput(args.seeds)
+    finally:
+        os.chdir(old_cwd)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
