@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import pickle
 import re
@@ -265,8 +266,37 @@ def sweep(workers: int, seeds: int) -> tuple[int, float, float]:
     return int(total), wall, float(inside)
 
 
+def _spin(n: int) -> float:
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i * i
+    return time.perf_counter() - t0
+
+
+def _spin_together(barrier, n: int, queue) -> None:
+    barrier.wait()  # both start spinning at once, after their (slow) imports
+    queue.put(_spin(n))
+
+
+def machine_ceiling(n: int = 30_000_000) -> float:
+    """Speed-up of two processes over one on a pure-Python busy loop: what the machine
+    itself allows two workers (cores shared with hyper-threads or neighbours give < 2)."""
+    ctx = multiprocessing.get_context("spawn")
+    one = _spin(n)
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_spin_together, args=(barrier, n, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    both = max(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return 2 * one / both
+
+
 def throughput(seeds: int) -> None:
     print()
+    print(f"machine ceiling: 2 busy processes run {machine_ceiling():.2f}x as fast as 1")
     cells = 64 * seeds
     print(
         f"Sweep throughput: python -m study.train -m +sweep=quick {' '.join(grid(seeds))} "

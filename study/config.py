@@ -75,6 +75,19 @@ class Device(enum.StrEnum):
     cuda = "cuda"
 
 
+# The per-layer statistics a probe records (study.probes; the README defines each).
+LAYER_STATS = (
+    "weight_grad_norm",
+    "signal_grad_norm",
+    "weight_norm",
+    "activation_rms",
+    "activation_mean",
+    "dead_fraction",
+    "saturated_fraction",
+    "update_ratio",
+)
+
+
 @dataclass
 class DataConfig:
     name: Dataset = Dataset.mnist1d
@@ -149,6 +162,10 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "study"
     profile_plot: bool = True  # a small per-layer profile PNG as an artifact
+    # Per-layer statistics mirrored as MLflow metrics (step = layer); all of them are in
+    # the layers.parquet artifact either way. Large sweeps log fewer: each costs a row
+    # per layer in the tracking database.
+    layer_metrics: list[str] = field(default_factory=lambda: list(LAYER_STATS))
 
 
 @dataclass
@@ -207,6 +224,12 @@ def validate(cfg: Config) -> None:
         0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
         "data.val_fraction",
         "val_fraction and test_fraction must be in (0, 1) and sum to less than 1",
+    )
+    unknown = [s for s in cfg.tracking.layer_metrics if s not in LAYER_STATS]
+    _require(
+        not unknown,
+        "tracking.layer_metrics",
+        f"unknown statistic {unknown[:1]}, expected some of: {', '.join(LAYER_STATS)}",
     )
     _require(
         0 < d.target_accuracy <= 1,

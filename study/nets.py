@@ -92,13 +92,14 @@ def sigma_w2(init: Init, activation: Activation, fan_in: int, fan_out: int) -> f
     }[init]
 
 
-def init_linear(linear: nn.Linear, init: Init, activation: Activation) -> None:
+def linear(fan_in: int, fan_out: int, init: Init, activation: Activation) -> nn.Linear:
+    """A Linear layer initialised by ``init`` (over PyTorch's own, which ``default`` keeps)."""
+    layer = nn.Linear(fan_in, fan_out)
     scheme = INITS[init]
-    if scheme is None:
-        return
-    scheme(linear.weight, ACTIVATIONS[activation].negative_slope)
-    if linear.bias is not None:
-        nn.init.zeros_(linear.bias)
+    if scheme is not None:
+        scheme(layer.weight, ACTIVATIONS[activation].negative_slope)
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 # --------------------------------------------------------------------------------- norms
@@ -117,10 +118,9 @@ class Block(nn.Module):
 
     def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig):
         super().__init__()
-        self.linear = nn.Linear(fan_in, fan_out)
+        self.linear = linear(fan_in, fan_out, cfg.init, cfg.activation)
         self.norm = NORMS[cfg.norm](fan_out)
         self.act = ACTIVATIONS[cfg.activation].make()
-        init_linear(self.linear, cfg.init, cfg.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.linear(x)))
@@ -155,8 +155,7 @@ class HighwayLayer(nn.Module):
     def __init__(self, fan_in: int, cfg: ModelConfig):
         super().__init__()
         self.block = Block(fan_in, cfg.width, cfg)
-        self.gate = nn.Linear(fan_in, cfg.width)
-        init_linear(self.gate, cfg.init, cfg.activation)
+        self.gate = linear(fan_in, cfg.width, cfg.init, cfg.activation)
         nn.init.constant_(self.gate.bias, cfg.highway.gate_bias)
         self.out_features = cfg.width
 
@@ -198,15 +197,13 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, cfg: ModelConfig):
         super().__init__()
-        self.stem = nn.Linear(in_features, cfg.width)
-        init_linear(self.stem, cfg.init, cfg.activation)
+        self.stem = linear(in_features, cfg.width, cfg.init, cfg.activation)
         layers, width = [], cfg.width
         for _ in range(cfg.depth):
             layers.append(SKIPS[cfg.skip](width, cfg))
             width = layers[-1].out_features
         self.layers = nn.ModuleList(layers)
-        self.head = nn.Linear(width, num_classes)
-        init_linear(self.head, cfg.init, cfg.activation)
+        self.head = linear(width, num_classes, cfg.init, cfg.activation)
 
     @property
     def blocks(self) -> list[Block]:

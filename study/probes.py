@@ -19,20 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.config import Activation, Schedule
+from study.config import LAYER_STATS, Activation, Schedule
 from study.nets import ACTIVATIONS, MLP
 
 # The per-layer columns of layers.parquet, in order (besides ``step`` and ``layer``).
-STATS = (
-    "weight_grad_norm",
-    "signal_grad_norm",
-    "weight_norm",
-    "activation_rms",
-    "activation_mean",
-    "dead_fraction",
-    "saturated_fraction",
-    "update_ratio",
-)
+STATS = LAYER_STATS
 
 # A unit is saturated where phi'(u) < SATURATION * max phi'.
 SATURATION = 0.05

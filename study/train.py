@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,7 +45,7 @@ from study.config import (
     prepared_path,
     validate,
 )
-from study.probes import STATS, profile_summary
+from study.probes import profile_summary
 
 log = logging.getLogger("study.train")
 
@@ -99,7 +100,9 @@ def profile_plot(layers: dict[str, np.ndarray], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def mlflow_metrics(outcome: loop.Outcome, summary: dict[str, Any]) -> list:
+def mlflow_metrics(
+    outcome: loop.Outcome, summary: dict[str, Any], layer_metrics: Sequence[str]
+) -> list:
     now = int(time.time() * 1000)
     metrics = [
         tracking.metric(k, v, timestamp=now)
@@ -112,7 +115,7 @@ def mlflow_metrics(outcome: loop.Outcome, summary: dict[str, Any]) -> list:
         if when == "final" and final_step == 0:
             continue
         rows = layers["step"] == step
-        for stat in STATS:
+        for stat in layer_metrics:
             metrics += tracking.finite_metrics(
                 f"{when}/{stat}", layers[stat][rows], layers["layer"][rows], now
             )
@@ -227,7 +230,11 @@ def log_to_mlflow(
         run_name=cfg.run_name,
         params=tracking.flatten(record["config"]),
         tags=tags,
-        metrics=(mlflow_metrics(outcome, {**summary, **timings}) if outcome else []),
+        metrics=(
+            mlflow_metrics(outcome, {**summary, **timings}, cfg.tracking.layer_metrics)
+            if outcome
+            else []
+        ),
         artifacts=artifacts,
         status=MLFLOW_STATUS[record["status"]],
         on_create=marker.write_text,
@@ -287,14 +294,16 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
     if hc.mode == RunMode.MULTIRUN:
         previous = records.read_run(out_dir)
         if is_done(previous, records.cell_key(resolved)):
-            return {"status": "skipped", "error": None}
+            return {"status": "skipped", "error": None, "run_name": cfg.run_name}
         parent_id = sweep.parent_run_id(Path(hc.sweep.dir))
     status = execute(cfg, resolved, splits, out_dir, parent_id)
     record = records.read_run(out_dir) or {}
-    log.info("%s: %s (record in %s)", cfg.run_name, status, out_dir)
+    # In a sweep the launcher's progress line speaks for the cells; one line each is noise.
+    level = logging.INFO if hc.mode == RunMode.RUN else logging.DEBUG
+    log.log(level, "%s: %s (record in %s)", cfg.run_name, status, out_dir)
     if status == "failed" and hc.mode == RunMode.RUN:
         fail(1, f"{cfg.run_name} failed: {record.get('error')} (recorded in {out_dir})")
-    return {"status": status, "error": record.get("error")}
+    return {"status": status, "error": record.get("error"), "run_name": cfg.run_name}
 
 
 def is_done(record: dict[str, Any] | None, cell_key: str) -> bool:

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from study import records
+from study.config import ConfigError, as_dict, validate
 from study.data import Splits
 from study.probes import STATS
 from study.train import execute
@@ -123,8 +123,7 @@ def test_a_crash_is_recorded_as_failed_with_its_error(tmp_path, mnist1d):
                          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
     # Corrupt labels: class 99 of 10 makes the loss raise inside training.
     broken = Splits(**{**mnist1d.__dict__, "y_train": np.full_like(mnist1d.y_train, 99)})
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-    status = execute(cfg, resolved, broken, tmp_path)
+    status = execute(cfg, as_dict(cfg), broken, tmp_path)
     assert status == "failed"
     record = records.read_run(tmp_path)
     assert record["status"] == "failed"
@@ -133,3 +132,20 @@ def test_a_crash_is_recorded_as_failed_with_its_error(tmp_path, mnist1d):
     [run] = client.search_runs([record["mlflow"]["experiment_id"]])
     assert run.info.status == "FAILED"
     assert run.data.tags["study.status"] == "failed"
+
+
+def test_unknown_layer_metric_is_rejected_naming_the_choices():
+    cfg = compose_config("tracking.layer_metrics=[signal_grad_norm,gradient]")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert err.value.key == "tracking.layer_metrics"
+    assert "signal_grad_norm" in str(err.value) and "gradient" in str(err.value)
+
+
+def test_record_config_is_plain_data_with_enum_names():
+    cfg = compose_config("model.activation=tanh", "probe.schedule=log10")
+    plain = as_dict(cfg)
+    assert plain["model"]["activation"] == "tanh" and type(plain["model"]["activation"]) is str
+    assert plain["probe"]["schedule"] == "log10"
+    assert plain["run_name"] == "d8-tanh-kaiming_normal-none-none-s0"
+    assert plain == json.loads(json.dumps(plain))

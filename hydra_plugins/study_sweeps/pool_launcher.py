@@ -136,14 +136,15 @@ def _run(job: JobSpec) -> JobReturn:
 # --------------------------------------------------------------------- parent side
 
 
-def outcome(ret: JobReturn) -> tuple[str, str | None]:
-    """(status, error) of a job: what the task reported, or ``failed`` when it raised."""
+def outcome(ret: JobReturn) -> tuple[str, str, str | None]:
+    """(cell name, status, error) of a job: what the task reported, or ``failed`` if it raised."""
     value = ret._return_value
-    if ret.status is JobStatus.FAILED:
-        return "failed", f"{type(value).__name__}: {value}".splitlines()[0]
     if isinstance(value, dict) and "status" in value:
-        return value["status"], value.get("error")
-    return "finished", None
+        return value["run_name"], value["status"], value.get("error")
+    name = str(ret.cfg.run_name) if ret.cfg is not None else " ".join(ret.overrides or [])
+    if ret.status is JobStatus.FAILED:
+        return name, "failed", f"{type(value).__name__}: {value}".splitlines()[0]
+    return name, "finished", None
 
 
 def _duration(seconds: float) -> str:
@@ -242,5 +243,5 @@ class PoolLauncher(Launcher):
             for future in as_completed(futures):
                 ret = future.result()
                 results[futures[future]] = ret
-                progress.update(outcome(ret)[0])
+                progress.update(outcome(ret)[1])
         return results  # type: ignore[return-value]

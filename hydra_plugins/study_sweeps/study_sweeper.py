@@ -89,7 +89,7 @@ class StudySweeper(BasicSweeper):
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
                 for ret in results:
-                    session.add(str(ret.cfg.run_name), *outcome(ret))
+                    session.add(*outcome(ret))
                 initial_job_idx += len(batch)
                 returns.append(results)
         finally:
