@@ -8,7 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip's global config may list index folders that do not exist; its warnings are noise here.
-PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+# (pipefail keeps pip's own failure; grep finding nothing left to print is not one.)
+PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: setup system study data example test test-fast lint bench clean
 
