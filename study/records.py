@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 LAYERS_FILE = "layers.parquet"
-STATUSES = ("finished", "diverged", "failed")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -62,14 +62,21 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(str(device))
 
 
-def summarize(layers: dict[str, np.ndarray], final_step: int) -> dict[str, Any]:
+def profile_points(layers: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """("init", rows) and, when training moved past it, ("final", rows of the last probe)."""
+    steps = layers["step"]
+    if not len(steps):
+        return []
+    points = [("init", steps == 0)]
+    if steps.max() > 0:
+        points.append(("final", steps == steps.max()))
+    return [(when, rows) for when, rows in points if rows.any()]
+
+
+def summarize(layers: dict[str, np.ndarray]) -> dict[str, Any]:
     """Profile summaries for both gradients at initialization and at the last probe."""
     out: dict[str, Any] = {}
-    steps = layers["step"]
-    for when, step in (("init", 0), ("final", final_step)):
-        rows = steps == step
-        if not rows.any() or (when == "final" and final_step == 0):
-            continue
+    for when, rows in profile_points(layers):
         for grad in ("signal", "weight"):
             for name, value in profile_summary(layers[f"{grad}_grad_norm"][rows]).items():
                 out[f"{grad}_{name}_{when}"] = value
@@ -110,11 +117,7 @@ def mlflow_metrics(
         if v is not None and not isinstance(v, bool) and math.isfinite(v)
     ]
     layers = outcome.layers
-    final_step = int(layers["step"].max()) if len(layers["step"]) else 0
-    for when, step in (("init", 0), ("final", final_step)):
-        if when == "final" and final_step == 0:
-            continue
-        rows = layers["step"] == step
+    for when, rows in profile_points(layers):
         for stat in layer_metrics:
             metrics += tracking.finite_metrics(
                 f"{when}/{stat}", layers[stat][rows], layers["layer"][rows], now
@@ -172,8 +175,7 @@ def execute(
         record["traceback"] = traceback.format_exc()
 
     layers = outcome.layers if outcome else loop.stack_rows([], cfg.model.depth)
-    final_step = int(layers["step"].max()) if len(layers["step"]) else 0
-    summary = summarize(layers, final_step) if len(layers["step"]) else {}
+    summary = summarize(layers)
     if outcome is not None:
         summary.update(
             steps_done=outcome.steps_done,
