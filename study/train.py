@@ -135,8 +135,8 @@ def execute(
     splits: datasets.Splits,
     out_dir: Path,
     parent_run_id: str | None = None,
-) -> str:
-    """Train, measure and record one run; returns its status."""
+) -> dict[str, Any]:
+    """Train, measure and record one run; returns its record (as written to run.json)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     if cfg.train.threads > 0:
@@ -196,7 +196,7 @@ def execute(
         record["mlflow"] = log_to_mlflow(cfg, record, outcome, summary, out_dir, parent_run_id)
     record["finished_at"] = datetime.now(UTC).isoformat()
     records.write_json(out_dir / records.RUN_FILE, record)
-    return status
+    return record
 
 
 def log_to_mlflow(
@@ -227,13 +227,12 @@ def log_to_mlflow(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     marker = out_dir / MLFLOW_MARKER
-    timings = {f"{k}": v for k, v in record["timings"].items()}
     run_id = tracker.log_run(
         run_name=cfg.run_name,
         params=tracking.flatten(record["config"]),
         tags=tags,
         metrics=(
-            mlflow_metrics(outcome, {**summary, **timings}, cfg.tracking.layer_metrics)
+            mlflow_metrics(outcome, {**summary, **record["timings"]}, cfg.tracking.layer_metrics)
             if outcome
             else []
         ),
@@ -298,14 +297,14 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
         if is_done(previous, records.cell_key(resolved)):
             return {"status": "skipped", "error": None, "run_name": cfg.run_name}
         parent_id = sweep.parent_run_id(Path(hc.sweep.dir))
-    status = execute(cfg, resolved, splits, out_dir, parent_id)
-    record = records.read_run(out_dir) or {}
+    record = execute(cfg, resolved, splits, out_dir, parent_id)
+    status = record["status"]
     # In a sweep the launcher's progress line speaks for the cells; one line each is noise.
     level = logging.INFO if hc.mode == RunMode.RUN else logging.DEBUG
     log.log(level, "%s: %s (record in %s)", cfg.run_name, status, out_dir)
     if status == "failed" and hc.mode == RunMode.RUN:
-        fail(1, f"{cfg.run_name} failed: {record.get('error')} (recorded in {out_dir})")
-    return {"status": status, "error": record.get("error"), "run_name": cfg.run_name}
+        fail(1, f"{cfg.run_name} failed: {record['error']} (recorded in {out_dir})")
+    return {"status": status, "error": record["error"], "run_name": cfg.run_name}
 
 
 def is_done(record: dict[str, Any] | None, cell_key: str) -> bool:

@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from study import sweep as bookkeeping
-from study.config import Config, validate
+from study.config import validate
 
 from .compose import Planner, task_view
 from .pool_launcher import outcome
@@ -48,24 +48,21 @@ class StudySweeper(BasicSweeper):
         """Every distinct value, set on its template, passes the schema and ``validate``."""
         assert self.hydra_context is not None and self.config is not None
         planner = Planner(self.hydra_context, self.config)
+        views: dict[tuple[str, ...], DictConfig] = {}  # the task's view of each template
         checked: set[tuple[tuple[str, ...], str, str]] = set()
         for overrides in batch:
             job = planner.plan(0, overrides)
-            template = planner.templates[job.signature]
+            if job.signature not in views:
+                views[job.signature] = task_view(planner.templates[job.signature])
+                validate(OmegaConf.to_object(views[job.signature]))  # type: ignore[arg-type]
             for key, value in job.values:
                 mark = (job.signature, key, repr(value))
                 if mark in checked:
                     continue
                 checked.add(mark)
-                cfg = copy.deepcopy(template)
+                cfg = copy.deepcopy(views[job.signature])
                 OmegaConf.update(cfg, key, value, merge=False)
-                validate(self._typed(cfg))
-            if not job.values:
-                validate(self._typed(template))
-
-    @staticmethod
-    def _typed(cfg: DictConfig) -> Config:
-        return OmegaConf.to_object(task_view(cfg))  # type: ignore[return-value]
+                validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
