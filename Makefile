@@ -11,7 +11,12 @@ STAMP := $(VENV)/.installed
 # (pipefail keeps pip's own failure; grep finding nothing left to print is not one.)
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup system study data example test test-fast lint bench clean
+# The pipeline's stages run `python -m study.<stage>`: the .venv's python, first on PATH.
+DVC := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc
+# The study's size (params.yaml): quick | standard | full.
+PROFILE ?= standard
+
+.PHONY: setup system study study-quick data example test test-fast lint bench clean
 
 setup: $(STAMP) system
 
@@ -36,7 +41,17 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -c "import torch, hydra, mlflow, study"
 	touch $(STAMP)
 
-study: setup data example
+# The whole study through DVC, at the size PROFILE says (`make study PROFILE=full` on a
+# cluster). Setting params.yaml's profile first keeps `make study` meaning the standard
+# study even after a `make study-quick`; `dvc repro` alone runs whatever params.yaml says.
+study: setup
+	@case "$(PROFILE)" in quick|standard|full) ;; *) \
+	  echo "make study: PROFILE=$(PROFILE): expected one of quick, standard, full"; exit 2;; esac
+	sed -i 's/^profile: .*/profile: $(PROFILE)/' params.yaml
+	$(DVC) repro
+
+study-quick:
+	$(MAKE) study PROFILE=quick
 
 data: setup
 	$(PY) -m study.data
@@ -60,4 +75,4 @@ bench: setup
 	$(PY) benchmarks/bench_sweep.py
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db results data/prepared
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db-* results data/prepared

@@ -7,7 +7,7 @@ Two measurements, printed as tables; timings are printed, never asserted.
    mostly the fixed cost per run: the Hydra job (config from its template, output folder,
    logging set-up, callbacks), the task's glue (typed config, validation, resume check), the
    MLflow run and the on-disk records. One process sets Hydra up as a real multirun does
-   (master config with ``+sweep=quick``, ``HydraContext``, ``Planner``), fills the pool
+   (master config with ``+sweep=smoke``, ``HydraContext``, ``Planner``), fills the pool
    launcher's worker state through ``pool_launcher._init_worker`` with the same payload the
    launcher sends its workers, and times ``pool_launcher._run(job)``, the worker's per-job
    path, for N cells (seeds 0..N-1) after a few untimed warm-up jobs (the first pays lazy
@@ -18,7 +18,7 @@ Two measurements, printed as tables; timings are printed, never asserted.
    (records) inside the jobs; the rest is "Hydra + task glue".
 
 2. **Sweep throughput, 2 workers vs 1** (``--part throughput``). The real CLI,
-   ``python -m study.train -m +sweep=quick ...``, as a subprocess on a probe-only grid of
+   ``python -m study.train -m +sweep=smoke ...``, as a subprocess on a probe-only grid of
    4 depths x 4 activations x 4 skips x ``--seeds`` seeds, once with
    ``hydra.launcher.n_jobs=1`` and once with ``n_jobs=2``, each into a fresh sweep folder
    and MLflow experiment (one SQLite file). Reported: the subprocess's wall time, and the
@@ -134,10 +134,10 @@ def run_job(job: JobSpec, session: Session) -> float:
     t0 = time.perf_counter()
     ret = pool_launcher._run(job)
     seconds = time.perf_counter() - t0
-    name, status, error = pool_launcher.outcome(ret)
-    session.add(name, status, error)
-    if ret.status is not JobStatus.COMPLETED or status != "finished":
-        raise RuntimeError(f"job {job.idx} ({job.overrides}): {status}: {error}")
+    cell = pool_launcher.outcome(ret)
+    session.add(cell)
+    if ret.status is not JobStatus.COMPLETED or cell["status"] != "finished":
+        raise RuntimeError(f"job {job.idx} ({job.overrides}): {cell['status']}: {cell['error']}")
     return seconds
 
 
@@ -150,7 +150,7 @@ def fixed_cost(n_jobs: int) -> None:
     master = hydra.config_loader.load_configuration(
         "config",
         [
-            "+sweep=quick",
+            "+sweep=smoke",
             "hydra.sweep.dir=multirun/bench",
             "tracking.experiment=bench",
             "hydra.output_subdir=null",
@@ -162,7 +162,7 @@ def fixed_cost(n_jobs: int) -> None:
     planner = Planner(context, master)
     # Warm-up cells get seeds of their own: a timed cell must not find a record and skip.
     seeds = [10_000 + k for k in range(WARMUP)] + list(range(n_jobs))
-    jobs = [planner.plan(i, ["+sweep=quick", *CELL, f"seed={s}"]) for i, s in enumerate(seeds)]
+    jobs = [planner.plan(i, ["+sweep=smoke", *CELL, f"seed={s}"]) for i, s in enumerate(seeds)]
     # The launcher's own payload for its workers, through the worker's own initializer.
     templates = {
         signature: (pickle.dumps(cfg), pickle.dumps(task_view(cfg)))
@@ -212,7 +212,7 @@ def fixed_cost(n_jobs: int) -> None:
     glue = [f - m - r for f, m, r in zip(fixed, mlflow_s, records_s, strict=True)]
     print()
     print(
-        f"Fixed cost per run: {' '.join(CELL)}, +sweep=quick; {n_jobs} jobs after {WARMUP} "
+        f"Fixed cost per run: {' '.join(CELL)}, +sweep=smoke; {n_jobs} jobs after {WARMUP} "
         f"warm-up, in one process, job and compute alternating, torch "
         f"{torch.get_num_threads()} thread"
     )
@@ -259,7 +259,7 @@ def sweep(workers: int, seeds: int) -> tuple[int, float, float, float]:
     """(cells, wall s, in-sweep s, steady cells/s) of one CLI multirun with ``workers``."""
     name = f"throughput-{workers}w"
     args = [
-        sys.executable, "-m", "study.train", "-m", "+sweep=quick", *grid(seeds),
+        sys.executable, "-m", "study.train", "-m", "+sweep=smoke", *grid(seeds),
         f"hydra.launcher.n_jobs={workers}", f"hydra.sweep.dir=multirun/{name}",
         f"tracking.experiment={name}",
     ]  # fmt: skip
@@ -311,7 +311,7 @@ def throughput(seeds: int) -> None:
     print(f"machine ceiling: 2 busy processes run {machine_ceiling():.2f}x as fast as 1")
     cells = 64 * seeds
     print(
-        f"Sweep throughput: python -m study.train -m +sweep=quick {' '.join(grid(seeds))} "
+        f"Sweep throughput: python -m study.train -m +sweep=smoke {' '.join(grid(seeds))} "
         f"({cells} probe-only cells), hydra.launcher.n_jobs=1 then 2"
     )
     results = {}

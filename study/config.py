@@ -69,6 +69,18 @@ class Schedule(enum.StrEnum):
     none = "none"  # never
 
 
+class Profile(enum.StrEnum):
+    """How big the study is (params.yaml ``profile``; conf/sweep/<profile>/<sweep>.yaml)."""
+
+    quick = "quick"  # minutes: tests and a first look
+    standard = "standard"  # the study of the report: an hour on 2 cores
+    full = "full"  # clusters: more depths, seeds and steps
+
+
+# The sweeps of a profile, in pipeline order (dvc.yaml stages sweep_<name>).
+SWEEPS = ("init", "train", "optim")
+
+
 class Device(enum.StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -99,6 +111,8 @@ class DataConfig:
     test_fraction: float = 0.2
     # Validation accuracy that counts as "learned" for steps-to-target.
     target_accuracy: float = 0.5
+    # Multiplies the standardized features when a run reads them (C14: small inputs).
+    input_scale: float = 1.0
 
 
 @dataclass
@@ -231,6 +245,7 @@ def validate(cfg: Config) -> None:
         "tracking.layer_metrics",
         f"unknown statistic {unknown[:1]}, expected some of: {', '.join(LAYER_STATS)}",
     )
+    _require(d.input_scale > 0, "data.input_scale", f"must be > 0, got {d.input_scale}")
     _require(
         0 < d.target_accuracy <= 1,
         "data.target_accuracy",

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from study import records
 from study.config import Config, ConfigError, DataConfig, Dataset, prepared_path, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "data"
@@ -124,19 +123,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data is not secret
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """An ``np.load``-able .npz without ``np.savez``'s wall-clock timestamps."""
 
@@ -148,12 +134,12 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                         f, np.ascontiguousarray(arrays[key]), allow_pickle=False
                     )
 
-    _atomic_write(path, write)
+    records.atomic_write(path, write)
 
 
 def _write_json(path: Path, obj: dict) -> None:
     text = json.dumps(obj, sort_keys=True, indent=2) + "\n"
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    records.atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def prepare(cfg: DataConfig) -> dict:
@@ -185,13 +171,19 @@ def prepare(cfg: DataConfig) -> dict:
     return entry
 
 
-def load(cfg: DataConfig) -> Splits:
-    """The prepared splits for ``cfg.name``, with the file's sha256 for provenance."""
+def require_prepared(cfg: DataConfig) -> Path:
+    """The prepared file for ``cfg``, or the one-line error that says how to make it."""
     path = prepared_path(cfg)
     if not path.is_file():
         raise ConfigError(
             "data.name", f"prepared data {path} not found; run `python -m study.data` first"
         )
+    return path
+
+
+def load(cfg: DataConfig) -> Splits:
+    """The prepared splits for ``cfg.name``, with the file's sha256 for provenance."""
+    path = require_prepared(cfg)
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in KEYS}
     labels = np.concatenate([arrays["y_train"], arrays["y_val"], arrays["y_test"]])

@@ -74,6 +74,9 @@ def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
         name: torch.as_tensor(getattr(data, name), device=device)
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
     }
+    if cfg.data.input_scale != 1.0:
+        for name in ("x_train", "x_val", "x_test"):
+            tensors[name] = tensors[name] * cfg.data.input_scale
     x_train, y_train = tensors["x_train"], tensors["y_train"]
     steps = cfg.train.steps
 

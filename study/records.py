@@ -28,14 +28,18 @@ RUN_FILE = "run.json"
 LAYERS_FILE = "layers.parquet"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The modules a run's numbers and record come from. The later stages (collect, analyze, ...)
+# and the MLflow mirror are left out: editing them must not invalidate thousands of cells.
+RUN_MODULES = ("config.py", "data.py", "loop.py", "nets.py", "probes.py", "records.py", "train.py")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are not secret
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,12 +61,12 @@ def json_safe(value: Any) -> Any:
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
     table = pa.table({name: pa.array(values) for name, values in columns.items()})
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
@@ -80,16 +84,16 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
 
 @functools.cache
 def code_version() -> str:
-    """sha256 (12 hex) of the ``study`` package sources: what the numbers were computed with.
+    """sha256 (12 hex) of :data:`RUN_MODULES`: the code a run's numbers were computed with.
 
     Unlike a git commit it also covers uncommitted edits, and it is the same on any
     checkout of the same code, so a cell's key survives clones and rebases.
     """
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+    for name in RUN_MODULES:
+        digest.update(name.encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update((PACKAGE_DIR / name).read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()[:12]
 
@@ -114,8 +118,9 @@ def git_commit() -> str | None:
         return None
 
 
-def cell_key(config: dict[str, Any]) -> str:
-    """Stable identity of a run: its resolved config (without where it is logged) and code."""
+def cell_key(config: dict[str, Any], data_sha256: str) -> str:
+    """Stable identity of a run: its resolved config (without where it is logged), the
+    checksum of the data it reads and the code version. Any change to one is a new cell."""
     relevant = {k: v for k, v in config.items() if k not in ("tracking", "run_name")}
-    blob = json.dumps(json_safe(relevant), sort_keys=True) + code_version()
+    blob = json.dumps(json_safe(relevant), sort_keys=True) + data_sha256 + code_version()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

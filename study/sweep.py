@@ -2,7 +2,10 @@
 
 The sweep's folder (``hydra.sweep.dir``) is its identity. ``sweep.json`` there names the
 MLflow parent run, so that every job links its run to it and a rerun of the same sweep
-(to resume it) reports under the same parent instead of starting a second one.
+(to resume it) reports under the same parent instead of starting a second one. When the
+sweep ends, ``sweep.json`` also lists its cells (folder, cell key, status): the grid as it
+was run, which is what ``study.collect`` gathers. Records of other grids or code versions
+left in the same folder are not in that list, so they are never mixed in.
 
 Cells are resumable: a job whose folder already holds a finished (or diverged) record with
 the same cell key does nothing and reports ``skipped`` (see ``study.train``).
@@ -30,13 +33,34 @@ def parent_run_id(sweep_dir: Path) -> str | None:
     return json.loads(path.read_text()).get("parent_run_id") if path.exists() else None
 
 
+def job_result(
+    run_name: str, status: str, cell_key: str, out_dir: Path, error: str | None = None
+) -> dict[str, Any]:
+    """What a job hands back to the sweep (small: it crosses a process boundary)."""
+    return {
+        "run_name": run_name,
+        "status": status,
+        "error": error,
+        "cell_key": cell_key,
+        "dir": str(Path(out_dir).resolve()),
+    }
+
+
+def read(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's ``sweep.json`` (empty if the sweep never started)."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class Session:
-    """One invocation of a sweep: counts outcomes and reports them at the end."""
+    """One invocation of a sweep: counts outcomes, reports them and lists the cells at the end."""
 
     def __init__(self, sweep_dir: Path, total: int, tracker: tracking.Tracker | None):
         self.sweep_dir, self.total, self.tracker = sweep_dir, total, tracker
         self.counts: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []
+        self.cells: list[dict[str, Any]] = []
+        self.info: dict[str, Any] = {}
         self.parent_id: str | None = None
         self.t0 = time.monotonic()
 
@@ -47,7 +71,7 @@ class Session:
         if config.tracking.enabled:
             tracker = tracking.Tracker(config.tracking.uri, config.tracking.experiment)
         session = cls(sweep_dir, total, tracker)
-        previous = _read(sweep_dir)
+        previous = read(sweep_dir)
         if tracker is not None:
             session.parent_id = tracker.open_parent(
                 previous.get("parent_run_id")
@@ -57,22 +81,25 @@ class Session:
                 run_name=f"sweep {sweep_dir.name}",
                 tags={"study.role": "sweep", "study.sweep_dir": str(sweep_dir)},
             )
-        records.write_json(
-            sweep_dir / SWEEP_FILE,
-            {
-                "parent_run_id": session.parent_id,
-                "experiment_id": tracker.experiment_id if tracker else None,
-                "tracking_uri": tracker.uri if tracker else None,
-                "total": total,
-                "started_at": datetime.now(UTC).isoformat(),
-            },
-        )
+        session.info = {
+            "parent_run_id": session.parent_id,
+            "experiment_id": tracker.experiment_id if tracker else None,
+            "tracking_uri": tracker.uri if tracker else None,
+            "total": total,
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        # Until this invocation ends, the folder's cell list is unknown: a killed sweep
+        # must not leave the previous (complete) list behind.
+        records.write_json(sweep_dir / SWEEP_FILE, {**session.info, "complete": False})
         return session
 
-    def add(self, run_name: str, status: str, error: str | None = None) -> None:
+    def add(self, cell: dict[str, Any]) -> None:
+        """One job's result: :func:`job_result`, or what the launcher knows of a crashed job."""
+        status = cell["status"]
         self.counts[status] += 1
         if status == "failed":
-            self.failures.append((run_name, error or "no error recorded"))
+            self.failures.append((cell["run_name"], cell.get("error") or "no error recorded"))
+        self.cells.append(cell)
 
     def finish(self) -> None:
         done = sum(self.counts.values())
@@ -89,13 +116,13 @@ class Session:
                 Metric("wall_s", wall, now, 0),
             ]
             tags = {"study.failed_cells": " ".join(n for n, _ in self.failures)[:5000]}
-            complete = done == self.total
             self.tracker.close_parent(
                 self.parent_id,
                 metrics,
                 tags,
-                RunStatus.to_string(RunStatus.FINISHED if complete else RunStatus.KILLED),
+                RunStatus.to_string(RunStatus.FINISHED if done == self.total else RunStatus.KILLED),
             )
+        self._write_cells(done == self.total, wall)
         c = self.counts
         print(
             f"[sweep] {self.sweep_dir}: {done}/{self.total} cells in {wall:.1f}s: "
@@ -106,7 +133,23 @@ class Session:
         for name, line in self.failures:
             print(f"[sweep] failed: {name}: {line}", flush=True)
 
-
-def _read(sweep_dir: Path) -> dict[str, Any]:
-    path = sweep_dir / SWEEP_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    def _write_cells(self, complete: bool, wall: float) -> None:
+        root = self.sweep_dir.resolve()
+        cells = []
+        for cell in self.cells:
+            where = Path(cell["dir"]) if cell.get("dir") else None
+            if where is not None and where.is_relative_to(root):
+                where = where.relative_to(root)
+            cells.append({**cell, "dir": where.as_posix() if where else None})
+        cells.sort(key=lambda c: (c["dir"] or "", c["run_name"]))
+        records.write_json(
+            self.sweep_dir / SWEEP_FILE,
+            {
+                **self.info,
+                "complete": complete,
+                "finished_at": datetime.now(UTC).isoformat(),
+                "wall_s": wall,
+                "counts": {k: self.counts[k] for k in sorted(self.counts)},
+                "cells": cells,
+            },
+        )

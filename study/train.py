@@ -148,7 +148,7 @@ def execute(
     record: dict[str, Any] = {
         "schema_version": records.SCHEMA_VERSION,
         "run_name": cfg.run_name,
-        "cell_key": records.cell_key(resolved),
+        "cell_key": records.cell_key(resolved, splits.sha256),
         "config": resolved,
         "code_version": records.code_version(),
         "git_commit": records.git_commit(),
@@ -291,11 +291,11 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
         _discard_job_dir(out_dir)
         fail(2, f"error: {exc}")
     resolved = as_dict(cfg)  # resolved once already by to_object; re-resolving costs ms
+    key = records.cell_key(resolved, splits.sha256)
     parent_id = None
     if hc.mode == RunMode.MULTIRUN:
-        previous = records.read_run(out_dir)
-        if is_done(previous, records.cell_key(resolved)):
-            return {"status": "skipped", "error": None, "run_name": cfg.run_name}
+        if is_done(records.read_run(out_dir), key):
+            return sweep.job_result(cfg.run_name, "skipped", key, out_dir)
         parent_id = sweep.parent_run_id(Path(hc.sweep.dir))
     record = execute(cfg, resolved, splits, out_dir, parent_id)
     status = record["status"]
@@ -304,7 +304,7 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
     log.log(level, "%s: %s (record in %s)", cfg.run_name, status, out_dir)
     if status == "failed" and hc.mode == RunMode.RUN:
         fail(1, f"{cfg.run_name} failed: {record['error']} (recorded in {out_dir})")
-    return {"status": status, "error": record["error"], "run_name": cfg.run_name}
+    return sweep.job_result(cfg.run_name, status, key, out_dir, record["error"])
 
 
 def is_done(record: dict[str, Any] | None, cell_key: str) -> bool:

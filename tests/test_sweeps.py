@@ -24,7 +24,7 @@ from .conftest import subprocess_env, train
 
 pytestmark = pytest.mark.slow
 
-QUICK_CELLS = 16  # conf/sweep/quick.yaml: 2 depths x 2 activations x 2 skips x 2 budgets
+SMOKE_CELLS = 16  # conf/sweep/smoke.yaml: 2 depths x 2 activations x 2 skips x 2 budgets
 
 
 def record_dirs(sweep_dir: Path) -> list[Path]:
@@ -44,7 +44,7 @@ def sweep_runs(uri: str, experiment: str):
 
 def check_one_run_per_cell(workdir: Path, sweep_dir: Path, uri: str, experiment: str) -> None:
     dirs = record_dirs(sweep_dir)
-    assert len(dirs) == QUICK_CELLS
+    assert len(dirs) == SMOKE_CELLS
     keys = set()
     for d in dirs:
         record = json.loads((d / "run.json").read_text())  # parses: never truncated
@@ -52,7 +52,7 @@ def check_one_run_per_cell(workdir: Path, sweep_dir: Path, uri: str, experiment:
         keys.add(record["cell_key"])
         pd.read_parquet(d / "layers.parquet")
         assert not list(d.glob(".*.tmp")), "a half-written file was left behind"
-    assert len(keys) == QUICK_CELLS
+    assert len(keys) == SMOKE_CELLS
     [parent], children = sweep_runs(uri, experiment)
     assert parent.info.status == "FINISHED"
     assert sorted(r.data.tags["study.cell_key"] for r in children) == sorted(keys)
@@ -60,33 +60,33 @@ def check_one_run_per_cell(workdir: Path, sweep_dir: Path, uri: str, experiment:
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
-def test_quick_sweep_runs_in_parallel_then_skips_every_cell(workdir):
-    proc = train(workdir, "-m", "+sweep=quick")
+def test_smoke_sweep_runs_in_parallel_then_skips_every_cell(workdir):
+    proc = train(workdir, "-m", "+sweep=smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep_dir = workdir / "multirun" / "quick"
+    sweep_dir = workdir / "multirun" / "smoke"
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    check_one_run_per_cell(workdir, sweep_dir, uri, "quick")
+    check_one_run_per_cell(workdir, sweep_dir, uri, "smoke")
     pids = {json.loads((d / "run.json").read_text())["environment"]["pid"]
             for d in record_dirs(sweep_dir)}  # fmt: skip
     assert len(pids) == 2  # one worker per core
-    assert f"{QUICK_CELLS}/{QUICK_CELLS} cells" in proc.stdout
-    [parent], _ = sweep_runs(uri, "quick")
-    assert parent.data.metrics["cells_total"] == QUICK_CELLS
+    assert f"{SMOKE_CELLS}/{SMOKE_CELLS} cells" in proc.stdout
+    [parent], _ = sweep_runs(uri, "smoke")
+    assert parent.data.metrics["cells_total"] == SMOKE_CELLS
 
     mtimes = {d: (d / "run.json").stat().st_mtime_ns for d in record_dirs(sweep_dir)}
-    again = train(workdir, "-m", "+sweep=quick")
+    again = train(workdir, "-m", "+sweep=smoke")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"0 finished, 0 diverged, 0 failed, {QUICK_CELLS} skipped" in again.stdout
+    assert f"0 finished, 0 diverged, 0 failed, {SMOKE_CELLS} skipped" in again.stdout
     assert mtimes == {d: (d / "run.json").stat().st_mtime_ns for d in record_dirs(sweep_dir)}
-    check_one_run_per_cell(workdir, sweep_dir, uri, "quick")
-    [parent], _ = sweep_runs(uri, "quick")
-    assert parent.data.metrics["cells_skipped"] == QUICK_CELLS
+    check_one_run_per_cell(workdir, sweep_dir, uri, "smoke")
+    [parent], _ = sweep_runs(uri, "smoke")
+    assert parent.data.metrics["cells_skipped"] == SMOKE_CELLS
 
 
 def test_killed_sweep_completes_on_rerun_without_duplicates(workdir):
     # Long enough cells that the kill lands mid-sweep.
-    args = [sys.executable, "-m", "study.train", "-m", "+sweep=quick", "train.steps=0,300"]
-    sweep_dir = workdir / "multirun" / "quick"
+    args = [sys.executable, "-m", "study.train", "-m", "+sweep=smoke", "train.steps=0,300"]
+    sweep_dir = workdir / "multirun" / "smoke"
     proc = subprocess.Popen(
         args, cwd=workdir, env=subprocess_env(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -98,41 +98,41 @@ def test_killed_sweep_completes_on_rerun_without_duplicates(workdir):
     os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, workers included
     proc.wait()
     done_before = len(record_dirs(sweep_dir))
-    assert 3 <= done_before < QUICK_CELLS
+    assert 3 <= done_before < SMOKE_CELLS
 
-    rerun = train(workdir, "-m", "+sweep=quick", "train.steps=0,300")
+    rerun = train(workdir, "-m", "+sweep=smoke", "train.steps=0,300")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{done_before} skipped" in rerun.stdout
-    check_one_run_per_cell(workdir, sweep_dir, f"sqlite:///{workdir / 'mlflow.db'}", "quick")
+    check_one_run_per_cell(workdir, sweep_dir, f"sqlite:///{workdir / 'mlflow.db'}", "smoke")
 
 
 def test_eight_workers_create_a_fresh_database_without_locking_errors(workdir):
-    proc = train(workdir, "-m", "+sweep=quick", "hydra.launcher.n_jobs=8")
+    proc = train(workdir, "-m", "+sweep=smoke", "hydra.launcher.n_jobs=8")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     for symptom in ("database is locked", "OperationalError", "Traceback", "already exists"):
         assert symptom not in output
     check_one_run_per_cell(
-        workdir, workdir / "multirun" / "quick", f"sqlite:///{workdir / 'mlflow.db'}", "quick"
+        workdir, workdir / "multirun" / "smoke", f"sqlite:///{workdir / 'mlflow.db'}", "smoke"
     )
     pids = {json.loads((d / "run.json").read_text())["environment"]["pid"]
-            for d in record_dirs(workdir / "multirun" / "quick")}  # fmt: skip
+            for d in record_dirs(workdir / "multirun" / "smoke")}  # fmt: skip
     assert len(pids) > 2
 
 
-def test_submitit_local_launcher_runs_the_quick_sweep(workdir):
-    proc = train(workdir, "-m", "+sweep=quick", "hydra/launcher=submitit_local",
+def test_submitit_local_launcher_runs_the_smoke_sweep(workdir):
+    proc = train(workdir, "-m", "+sweep=smoke", "hydra/launcher=submitit_local",
                  "model.depth=2", "train.steps=0", timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dirs = record_dirs(workdir / "multirun" / "quick")
+    dirs = record_dirs(workdir / "multirun" / "smoke")
     assert len(dirs) == 4
     assert all(records.read_run(d)["status"] == "finished" for d in dirs)
-    [parent], children = sweep_runs(f"sqlite:///{workdir / 'mlflow.db'}", "quick")
+    [parent], children = sweep_runs(f"sqlite:///{workdir / 'mlflow.db'}", "smoke")
     assert len(children) == 4 and parent.data.metrics["cells_finished"] == 4
 
 
 def test_a_bad_value_in_the_grid_stops_the_sweep_before_any_work(workdir):
-    proc = train(workdir, "-m", "+sweep=quick", "model.activation=relu,swish")
+    proc = train(workdir, "-m", "+sweep=smoke", "model.activation=relu,swish")
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "model.activation" in lines[0] and "swish" in lines[0]
@@ -151,15 +151,15 @@ def test_a_crashing_cell_is_recorded_as_failed_and_the_sweep_goes_on(workdir, pr
     write_npz(bad / "mnist1d.npz", {**arrays, "y_train": np.full_like(splits.y_train, -1)})
     shutil.copy(prepared / "manifest.json", bad / "manifest.json")
 
-    proc = train(workdir, "-m", "+sweep=quick", "model.depth=2", "model.skip=none",
+    proc = train(workdir, "-m", "+sweep=smoke", "model.depth=2", "model.skip=none",
                  "train.steps=5", "data.dir=good,bad",
                  "run_name=d${model.depth}-${model.activation}-${data.dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 finished, 0 diverged, 2 failed" in proc.stdout
     assert proc.stdout.count("[sweep] failed:") == 2 and "IndexError" in proc.stdout
     statuses = sorted(records.read_run(d)["status"]
-                      for d in record_dirs(workdir / "multirun" / "quick"))  # fmt: skip
+                      for d in record_dirs(workdir / "multirun" / "smoke"))  # fmt: skip
     assert statuses == ["failed", "failed", "finished", "finished"]
-    [parent], children = sweep_runs(f"sqlite:///{workdir / 'mlflow.db'}", "quick")
+    [parent], children = sweep_runs(f"sqlite:///{workdir / 'mlflow.db'}", "smoke")
     assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert parent.data.metrics["cells_failed"] == 2

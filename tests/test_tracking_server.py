@@ -96,9 +96,9 @@ def mlflow_server(postgres_uri, tmp_path_factory):
         log.close()
 
 
-def test_quick_sweep_with_two_workers_reaches_the_postgres_backed_server(workdir, mlflow_server):
-    proc = train(workdir, "-m", "+sweep=quick", "tracking=server",
+def test_smoke_sweep_with_two_workers_reaches_the_postgres_backed_server(workdir, mlflow_server):
+    proc = train(workdir, "-m", "+sweep=smoke", "tracking=server",
                  f"tracking.uri={mlflow_server}", "hydra.launcher.n_jobs=2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_one_run_per_cell(workdir, workdir / "multirun" / "quick", mlflow_server, "quick")
+    check_one_run_per_cell(workdir, workdir / "multirun" / "smoke", mlflow_server, "smoke")
     assert not (workdir / "mlflow.db").exists()  # nothing went to a local store

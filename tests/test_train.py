@@ -41,7 +41,7 @@ def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
     assert record["status"] == "finished"
     assert record["config"]["model"]["depth"] == 32
     assert len(record["data"]["sha256"]) == 64
-    assert record["cell_key"] == records.cell_key(record["config"])
+    assert record["cell_key"] == records.cell_key(record["config"], record["data"]["sha256"])
 
     layers = pd.read_parquet(run_dir / "layers.parquet")
     assert list(layers.columns) == ["step", "layer", *STATS]
@@ -73,6 +73,7 @@ BAD_INPUTS = [
     (["optim.lr=0"], "optim.lr", "> 0"),
     (["data.dir=missing/prepared"], "data.name", "python -m study.data"),
     (["model.norm=group"], "model.norm", "none, batch, layer"),
+    (["data.input_scale=0"], "data.input_scale", "> 0"),
 ]
 
 

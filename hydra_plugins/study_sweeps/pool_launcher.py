@@ -136,15 +136,21 @@ def _run(job: JobSpec) -> JobReturn:
 # --------------------------------------------------------------------- parent side
 
 
-def outcome(ret: JobReturn) -> tuple[str, str, str | None]:
-    """(cell name, status, error) of a job: what the task reported, or ``failed`` if it raised."""
+def outcome(ret: JobReturn) -> dict[str, Any]:
+    """A job's cell: what the task reported (``study.sweep.job_result``), or, if the task
+    raised before it could record anything, ``failed`` with the exception's first line."""
     value = ret._return_value
     if isinstance(value, dict) and "status" in value:
-        return value["run_name"], value["status"], value.get("error")
+        return value
     name = str(ret.cfg.run_name) if ret.cfg is not None else " ".join(ret.overrides or [])
+    cell = {"run_name": name, "cell_key": None, "dir": None, "error": None}
     if ret.status is JobStatus.FAILED:
-        return name, "failed", f"{type(value).__name__}: {value}".splitlines()[0]
-    return name, "finished", None
+        return {
+            **cell,
+            "status": "failed",
+            "error": f"{type(value).__name__}: {value}".splitlines()[0],
+        }
+    return {**cell, "status": "finished"}
 
 
 def _duration(seconds: float) -> str:
@@ -243,5 +249,5 @@ class PoolLauncher(Launcher):
             for future in as_completed(futures):
                 ret = future.result()
                 results[futures[future]] = ret
-                progress.update(outcome(ret)[1])
+                progress.update(outcome(ret)["status"])
         return results  # type: ignore[return-value]

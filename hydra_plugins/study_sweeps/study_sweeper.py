@@ -4,7 +4,8 @@ Same grid syntax and ``hydra.sweeper.params`` as the basic sweeper. The differen
 
 - validation checks each distinct override once (a template per structural choice, each
   value set on it and validated) instead of composing every job before launching;
-- the whole grid is validated before any job starts, so bad input writes nothing;
+- the whole grid is validated before any job starts, so bad input (or data not prepared
+  yet) writes nothing;
 - the sweep is bookkept by ``study.sweep``: the MLflow schema, experiment and parent run
   exist before the workers start, and the end prints a summary naming every failure;
 - a failed job does not raise: it is recorded and counted, and the sweep goes on.
@@ -22,7 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from study import sweep as bookkeeping
-from study.config import validate
+from study.config import Config, validate
+from study.data import require_prepared
 
 from .compose import Planner, task_view
 from .pool_launcher import outcome
@@ -40,6 +42,12 @@ ConfigStore.instance().store(
 )
 
 
+def check(cfg: Config) -> None:
+    """What a job would reject up front: an invalid config, or data that is not prepared."""
+    validate(cfg)
+    require_prepared(cfg.data)
+
+
 class StudySweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None):
         super().__init__(max_batch_size=max_batch_size, params=params)
@@ -54,7 +62,7 @@ class StudySweeper(BasicSweeper):
             job = planner.plan(0, overrides)
             if job.signature not in views:
                 views[job.signature] = task_view(planner.templates[job.signature])
-                validate(OmegaConf.to_object(views[job.signature]))  # type: ignore[arg-type]
+                check(OmegaConf.to_object(views[job.signature]))  # type: ignore[arg-type]
             for key, value in job.values:
                 mark = (job.signature, key, repr(value))
                 if mark in checked:
@@ -62,7 +70,7 @@ class StudySweeper(BasicSweeper):
                 checked.add(mark)
                 cfg = copy.deepcopy(views[job.signature])
                 OmegaConf.update(cfg, key, value, merge=False)
-                validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+                check(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
@@ -86,7 +94,7 @@ class StudySweeper(BasicSweeper):
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
                 for ret in results:
-                    session.add(*outcome(ret))
+                    session.add(outcome(ret))
                 initial_job_idx += len(batch)
                 returns.append(results)
         finally:
