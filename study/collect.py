@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study import records, sweep
@@ -45,6 +44,7 @@ from study.config import (
     Schedule,
     Skip,
 )
+from study.tables import write_table
 
 STATUSES = ("finished", "diverged", "failed")
 SUMMARY_STATS = ("log10_first_last", "first_last_censored", "log10_rate", "n_zero")
@@ -229,16 +229,23 @@ def gather(sweep_dir: Path, sweep_name: str, profile: str, root: Path):
             raise CollectError(
                 f"{sweep_dir}: cell {cell['run_name']} ({cell['status']}) has no record"
                 + (f" in {where}" if where else f": {cell.get('error')}")
-                + "; rerun the sweep (`dvc repro`) to redo it"
+                + f"; redo it: `dvc repro --force --single-item sweep_{sweep_name}`"
             )
         if record.get("cell_key") != cell["cell_key"]:
             raise CollectError(
                 f"{where}: record has cell key {record.get('cell_key')}, the sweep ran "
-                f"{cell['cell_key']}: the folder changed after the sweep; rerun it"
+                f"{cell['cell_key']}: the folder changed after the sweep; redo it: "
+                f"`dvc repro --force --single-item sweep_{sweep_name}`"
             )
         if record["status"] not in STATUSES:
             raise CollectError(f"{where}: unknown status {record['status']!r}")
-        rows.append(run_row(record, sweep_name, profile, _relative(where, root)))
+        try:
+            rows.append(run_row(record, sweep_name, profile, _relative(where, root)))
+        except KeyError as exc:
+            raise CollectError(
+                f"{where}: record has no {exc.args[0]!r} (written by older code, version "
+                f"{record.get('code_version')}); rerun the sweep (`dvc repro`)"
+            ) from None
         table = pq.read_table(where / records.LAYERS_FILE)
         layers.append({c: table.column(c).to_numpy() for c in ("step", "layer", *LAYER_STATS)})
     return rows, layers
@@ -294,11 +301,6 @@ def counts(runs: pd.DataFrame) -> dict[str, Any]:
         if len(part):
             out[name] = by_status(part)
     return out
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    records.atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def main(argv: list[str] | None = None) -> None:

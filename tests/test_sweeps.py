@@ -131,11 +131,18 @@ def test_submitit_local_launcher_runs_the_smoke_sweep(workdir):
     assert len(children) == 4 and parent.data.metrics["cells_finished"] == 4
 
 
-def test_a_bad_value_in_the_grid_stops_the_sweep_before_any_work(workdir):
-    proc = train(workdir, "-m", "+sweep=smoke", "model.activation=relu,swish")
+@pytest.mark.parametrize(
+    ("override", "key", "hint"),
+    [
+        ("model.activation=relu,swish", "model.activation", "swish"),
+        ("data.dir=data/prepared,not/prepared", "data.name", "python -m study.data"),
+    ],
+)
+def test_a_bad_value_in_the_grid_stops_the_sweep_before_any_work(workdir, override, key, hint):
+    proc = train(workdir, "-m", "+sweep=smoke", override)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "model.activation" in lines[0] and "swish" in lines[0]
+    assert len(lines) == 1 and key in lines[0] and hint in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (workdir / "mlflow.db").exists()
     assert not (workdir / "multirun").exists()

@@ -1,0 +1,173 @@
+"""The DVC pipeline, end to end on the quick profile, in a temporary copy of the repository.
+
+The copy is a fresh git repository holding this checkout's files (committed or not), so the
+tests see what a user who clones and runs `dvc exp run -S profile=quick` sees. The tests of
+this module share that copy and run in order: each leaves the pipeline up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study import collect
+
+from .conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"init": 64, "train": 16, "optim": 8}  # conf/sweep/quick/*.yaml
+STAGES = ("prepare", "sweep_init", "sweep_train", "sweep_optim", "collect")
+
+
+def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = subprocess_env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` of the stages
+    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, (
+            f"{' '.join(args)}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def checkout_copy(dest: Path) -> Path:
+    """This checkout's files (tracked, and untracked unless ignored) in a new git repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file() and name != "dvc.lock":
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    for args in (["init", "-q"], ["config", "user.name", "test"],
+                 ["config", "user.email", "test@example.org"], ["add", "-A"],
+                 ["commit", "-qm", "checkout"]):  # fmt: skip
+        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """The copy, after the documented quick-profile command has run the whole pipeline."""
+    repo = checkout_copy(tmp_path_factory.mktemp("repo"))
+    proc = run(repo, "dvc", "exp", "run", "-S", "profile=quick")
+    assert stages_run(proc.stdout) == list(STAGES)
+    return repo
+
+
+def test_quick_profile_runs_end_to_end_then_everything_is_up_to_date(repo):
+    assert "up to date" in run(repo, "dvc", "status").stdout
+    again = run(repo, "dvc", "repro")
+    assert stages_run(again.stdout) == []
+    for name, cells in QUICK.items():
+        info = json.loads((repo / "multirun" / "quick" / name / "sweep.json").read_text())
+        assert info["complete"] and len(info["cells"]) == cells
+
+
+def test_tables_have_the_documented_columns_and_dtypes(repo):
+    runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
+    layers = pd.read_parquet(repo / "results" / "tables" / "layers.parquet")
+    for frame, declared in ((runs, collect.RUN_COLUMNS), (layers, collect.LAYER_COLUMNS)):
+        assert list(frame.columns) == list(declared)
+        assert {c: str(frame[c].dtype) for c in frame} == {c: str(t) for c, t in declared.items()}
+    readme = (ROOT / "README.md").read_text()
+    undocumented = [c for c in {*collect.RUN_COLUMNS, *collect.LAYER_COLUMNS}
+                    if f"`{c}`" not in readme]  # fmt: skip
+    assert undocumented == []
+
+    assert runs["sweep"].value_counts().to_dict() == QUICK
+    assert not runs.duplicated(["sweep", "cell_id", "seed"]).any()
+    assert set(runs["status"]) <= {"finished", "diverged"}
+    # Every layer row carries its run's axes; every run has its depth's layers at step 0.
+    merged = layers.merge(runs, on="run_name", suffixes=("", "_run"))
+    assert len(merged) == len(layers)
+    for axis in ("depth", "activation", "init", "norm", "skip", "seed", "lr"):
+        assert (merged[axis].astype(str) == merged[f"{axis}_run"].astype(str)).all()
+    at_init = layers[layers["step"] == 0].groupby("run_name", observed=True)["layer"].max()
+    assert (at_init.sort_index() == runs.set_index("run_name")["depth"].sort_index()).all()
+
+
+def test_metrics_show_prints_the_collect_counts(repo):
+    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
+    [workspace] = shown.values()
+    counts = workspace["data"]["results/metrics/collect.json"]["data"]
+    assert counts["all"] == {"runs": 88, "finished": 88, "diverged": 0, "failed": 0}
+    assert {k: v["runs"] for k, v in counts.items() if k != "all"} == QUICK
+
+
+def test_tables_agree_with_mlflow(repo):
+    runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    trained = runs[runs["steps"] > 0]
+    for row in trained.itertuples():
+        logged = client.get_run(row.mlflow_run_id)
+        assert logged.info.run_name == row.run_name
+        assert logged.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
+        assert logged.data.tags["study.cell_key"] == row.cell_key
+
+
+def test_collect_gathers_only_the_cells_of_the_current_grid(repo):
+    runs_file = repo / "results" / "tables" / "runs.parquet"
+    before = runs_file.read_bytes()
+    sweep_dir = repo / "multirun" / "quick" / "train"
+    # A record left by another grid, in the same folder: not part of the sweep, not collected.
+    [first, *_] = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    shutil.copytree(first, sweep_dir / "d99-stale-cell")
+    proc = run(repo, "python", "-m", "study.collect", "--profile", "quick")
+    assert runs_file.read_bytes() == before
+    assert f"train {QUICK['train']} (" in proc.stdout
+    shutil.rmtree(sweep_dir / "d99-stale-cell")
+
+    # A cell of the grid whose record is gone: one line naming it, and nothing written.
+    (first / "run.json").rename(first / "run.json.away")
+    missing = run(repo, "python", "-m", "study.collect", "--profile", "quick", check=False)
+    (first / "run.json.away").rename(first / "run.json")
+    assert missing.returncode == 1
+    [line] = missing.stderr.strip().splitlines()
+    assert first.name in line and "dvc repro" in line
+    assert runs_file.read_bytes() == before
+
+
+def test_an_unrelated_change_reruns_nothing(repo):
+    with (repo / "README.md").open("a") as f:
+        f.write("\nA note that no stage reads.\n")
+    assert "up to date" in run(repo, "dvc", "status").stdout
+    assert stages_run(run(repo, "dvc", "repro").stdout) == []
+
+
+def test_changing_a_module_reruns_the_stages_that_import_it(repo):
+    with (repo / "study" / "collect.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert stages_run(run(repo, "dvc", "repro").stdout) == ["collect"]
+
+
+def test_adding_a_seed_trains_only_the_new_cells(repo):
+    preset = repo / "conf" / "sweep" / "quick" / "train.yaml"
+    preset.write_text(preset.read_text().replace("      seed: 0,1\n", "      seed: 0,1,2\n"))
+    sweep_dir = repo / "multirun" / "quick" / "train"
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/run.json")}
+
+    status = run(repo, "dvc", "status").stdout
+    assert "conf/sweep/quick/train.yaml" in status and "hydra.sweeper.params.seed" in status
+    proc = run(repo, "dvc", "repro")
+    assert stages_run(proc.stdout) == ["sweep_train", "collect"]
+    assert "8 finished, 0 diverged, 0 failed, 16 skipped" in proc.stdout
+    assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # old cells untouched
+    runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
+    assert runs["sweep"].value_counts()["train"] == 24
+    assert sorted(runs.loc[runs["sweep"] == "train", "seed"].unique()) == [0, 1, 2]
