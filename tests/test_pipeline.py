@@ -25,7 +25,7 @@ from .conftest import ROOT, subprocess_env
 pytestmark = pytest.mark.slow
 
 QUICK = {"init": 64, "train": 16, "optim": 8}  # conf/sweep/quick/*.yaml
-STAGES = ("prepare", "sweep_init", "sweep_train", "sweep_optim", "collect")
+STAGES = ("prepare", "sweep_init", "sweep_train", "sweep_optim", "collect", "analyze")
 
 
 def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -94,12 +94,13 @@ def test_tables_have_the_documented_columns_and_dtypes(repo):
     assert not runs.duplicated(["sweep", "cell_id", "seed"]).any()
     assert set(runs["status"]) <= {"finished", "diverged"}
     # Every layer row carries its run's axes; every run has its depth's layers at step 0.
-    merged = layers.merge(runs, on="run_name", suffixes=("", "_run"))
+    run = ["sweep", "run_name"]  # names repeat across sweeps (same cell, other budget)
+    merged = layers.merge(runs, on=run, suffixes=("", "_run"))
     assert len(merged) == len(layers)
     for axis in ("depth", "activation", "init", "norm", "skip", "seed", "lr"):
         assert (merged[axis].astype(str) == merged[f"{axis}_run"].astype(str)).all()
-    at_init = layers[layers["step"] == 0].groupby("run_name", observed=True)["layer"].max()
-    assert (at_init.sort_index() == runs.set_index("run_name")["depth"].sort_index()).all()
+    at_init = layers[layers["step"] == 0].groupby(run, observed=True)["layer"].max()
+    assert (at_init.sort_index() == runs.set_index(run)["depth"].sort_index()).all()
 
 
 def test_metrics_show_prints_the_collect_counts(repo):
@@ -162,12 +163,37 @@ def test_adding_a_seed_trains_only_the_new_cells(repo):
     sweep_dir = repo / "multirun" / "quick" / "train"
     mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/run.json")}
 
-    status = run(repo, "dvc", "status").stdout
-    assert "conf/sweep/quick/train.yaml" in status and "hydra.sweeper.params.seed" in status
+    assert "conf/sweep/quick/train.yaml" in run(repo, "dvc", "status").stdout
+    changed = run(repo, "dvc", "params", "diff").stdout
+    assert re.search(
+        r"conf/sweep/quick/train\.yaml\s+hydra\.sweeper\.params\.seed\s.*0,1,2", changed
+    )
     proc = run(repo, "dvc", "repro")
-    assert stages_run(proc.stdout) == ["sweep_train", "collect"]
+    assert stages_run(proc.stdout) == ["sweep_train", "collect", "analyze"]
     assert "8 finished, 0 diverged, 0 failed, 16 skipped" in proc.stdout
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # old cells untouched
     runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
     assert runs["sweep"].value_counts()["train"] == 24
     assert sorted(runs.loc[runs["sweep"] == "train", "seed"].unique()) == [0, 1, 2]
+
+
+def test_analyze_writes_every_result_and_is_deterministic(repo):
+    out = repo / "results" / "analysis"
+    names = ("decay_rates", "factor_effects", "trainable_depth", "claims")
+    first = {n: (out / f"{n}.parquet").read_bytes() for n in names}
+    again = run(repo, "python", "-m", "study.analyze", "--out", "results/analysis-again")
+    assert "claims:" in again.stdout
+    for n in names:
+        assert (repo / "results" / "analysis-again" / f"{n}.parquet").read_bytes() == first[n]
+    verdicts = json.loads((out / "claims.json").read_text())
+    assert set(verdicts) == {f"C{i}" for i in range(1, 15)}
+    allowed = {"supported", "refuted", "inconclusive", "not tested"}
+    assert {v["verdict"] for v in verdicts.values()} <= allowed
+    claims = pd.read_parquet(out / "claims.parquet")
+    assert set(claims["claim"]) == set(verdicts)
+    untested = claims[claims["verdict"] == "not tested"]
+    assert untested["note"].str.startswith("not tested: ").all()
+    rates = pd.read_parquet(out / "decay_rates.parquet")
+    relu_he = rates.query("sweep == 'init' and activation == 'relu' and init == 'kaiming_normal'"
+                          " and norm == 'none' and skip == 'none'")  # fmt: skip
+    assert len(relu_he) and (relu_he["theory_rate"].abs() < 1e-9).all()
