@@ -69,12 +69,9 @@ def decay_rates(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataFram
         first_last = stats.bootstrap_mean(group["signal_log10_first_last_init"], rng)
         p = theory.predict(first["activation"], first["init"], first["norm"], first["skip"],
                            int(first["depth"]), int(first["width"]),
-                           num_features[str(first["dataset"])])  # fmt: skip
-        finite_batch = (
-            theory.finite_batch_rate(p.chi, int(first["probe_batch_size"]))
-            if first["norm"] == "batch" and p.chi is not None
-            else None
-        )
+                           num_features[str(first["dataset"])],
+                           batch_size=int(first["probe_batch_size"]))  # fmt: skip
+        finite_batch = p.log10_rate_finite_batch
         reference = finite_batch if finite_batch is not None else p.log10_rate
         ratio = 10 ** (signal.estimate - reference) if reference is not None else np.nan
         rows.append({
@@ -174,7 +171,8 @@ def _deepest(depths: list[int], accuracy: list[float]) -> int:
 @dataclass(frozen=True)
 class Hypothesis:
     """A pre-declared test of (part of) a claim: 'a > b' over matched pairs, or a factor's
-    F-test. ``pairs`` builds the matched values from the prepared frames."""
+    F-test. ``pairs`` (a :class:`Paired`, or a function for the odd ones) builds the matched
+    values from the prepared frames."""
 
     claim: str
     part: str
@@ -226,13 +224,11 @@ def prepare_frames(runs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, pd.Dat
     init["norm_skip"] = init["norm"].astype(str) + "+" + init["skip"].astype(str)
     train = frames["train"]
     if not train.empty:
-        span = train.groupby(["activation", "init", "norm", "skip", "seed"], observed=True)
-        shallow = span["depth"].transform("min") == train["depth"]
-        deep = span["depth"].transform("max") == train["depth"]
-        gap = (
-            train[deep].set_index(["activation", "init", "norm", "skip", "seed"])["accuracy"]
-            - train[shallow].set_index(["activation", "init", "norm", "skip", "seed"])["accuracy"]
-        )
+        cell = ["activation", "init", "norm", "skip", "seed"]  # all but depth
+        span = train.groupby(cell, observed=True)["depth"]
+        deep = train[span.transform("max") == train["depth"]].set_index(cell)["accuracy"]
+        shallow = train[span.transform("min") == train["depth"]].set_index(cell)["accuracy"]
+        gap = deep - shallow
         frames["degradation"] = gap.rename("accuracy_gain").reset_index()  # fmt: skip
     else:
         frames["degradation"] = pd.DataFrame()
@@ -257,362 +253,246 @@ def prepare_frames(runs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, pd.Dat
     return frames
 
 
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["norm"] == "none") & (frame["skip"] == "none")] if len(frame) else frame
+PLAIN = "norm == 'none' and skip == 'none'"
+TRAINED_KEYS = ("init", "norm", "skip", "depth", "seed")  # the train sweep, but activation
 
 
-def _depth_extremes(frame: pd.DataFrame) -> tuple[tuple, tuple]:
-    depths = sorted(frame["depth"].unique()) if len(frame) else []
-    return ((str(depths[0]),), (str(depths[-1]),)) if len(depths) > 1 else ((), ())
+@dataclass(frozen=True)
+class Paired:
+    """'a > b': ``value`` at the ``a`` levels of ``factor`` against the ``b`` levels, over
+    the rows of ``frame`` that ``where`` keeps, matched on ``keys`` (see :func:`matched`)."""
+
+    frame: str
+    factor: str
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    value: str
+    keys: tuple[str, ...]
+    where: str | None = None
+
+    def __call__(self, frames: dict[str, pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+        frame = frames[self.frame]
+        if self.where and len(frame):
+            frame = frame.query(self.where, engine="python")
+        return matched(frame, self.factor, self.a, self.b, self.value, list(self.keys))
 
 
 def _c1(f):
-    plain = _plain(f["init"]).assign(depth_level=lambda d: d["depth"].astype(str))
-    shallow, deep = _depth_extremes(plain)
+    """Shallowest against deepest depth of the plain nets (whichever depths were swept)."""
+    plain = f["init"].query(PLAIN).assign(depth_level=lambda d: d["depth"].astype(str))
+    depths = sorted(plain["depth"].unique())
+    shallow, deep = ((str(depths[0]),), (str(depths[-1]),)) if len(depths) > 1 else ((), ())
     return matched(plain, "depth_level", shallow, deep, "signal_log10_first_last_init",
                    ["activation", "init", "seed"])  # fmt: skip
 
 
-def _vs_constant(values: pd.Series, constant: float) -> tuple[np.ndarray, np.ndarray]:
-    return np.full(len(values), constant), values.to_numpy()
+def _c5a(f):
+    """Tolerance against |rate| of plain sigmoid/tanh nets under xavier (one-sample)."""
+    flat = f["init"].query(
+        f"{PLAIN} and activation in {SATURATING} and init.str.startswith('xavier')",
+        engine="python",
+    )["abs_rate"]
+    return np.full(len(flat), FLAT_RATE), -flat.to_numpy()
 
 
+# fmt: off
 HYPOTHESES: list[Hypothesis] = [
     Hypothesis(
-        "C1",
-        "C1",
-        "Plain nets: the input-side gradient is smaller, relative to the "
-        "output side, at the deepest depth than at the shallowest",
-        "log10(g_1/g_L) of the signal gradient at init; plain nets; shallowest minus "
-        "deepest depth, matched on activation, init, seed",
-        "decades",
-        _c1,
+        "C1", "C1",
+        "Plain nets: the input-side gradient is smaller, relative to the output side, at the "
+        "deepest depth than at the shallowest",
+        "log10(g_1/g_L) of the signal gradient at init; plain nets; shallowest minus deepest "
+        "depth, matched on activation, init, seed",
+        "decades", _c1,
     ),
     Hypothesis(
-        "C2",
-        "C2",
+        "C2", "C2",
         "ReLU-family activations keep gradients better than saturating ones",
-        "per-layer log10 signal-gradient rate at init; mean of relu, leaky_relu, prelu, "
-        "elu minus mean of sigmoid, tanh; matched on init, norm, skip, depth, seed",
+        "per-layer log10 signal-gradient rate at init; mean of relu, leaky_relu, prelu, elu "
+        "minus mean of sigmoid, tanh; matched on init, norm, skip, depth, seed",
         "decades/layer",
-        lambda f: matched(
-            f["init"],
-            "activation",
-            RELU_FAMILY,
-            SATURATING,
-            "signal_log10_rate_init",
-            ["init", "norm", "skip", "depth", "seed"],
-        ),
+        Paired("init", "activation", RELU_FAMILY, SATURATING, "signal_log10_rate_init",
+               TRAINED_KEYS),
     ),
     Hypothesis(
-        "C3",
-        "C3",
+        "C3", "C3",
         "Plain ReLU ends training with more dead units than leaky ReLU/PReLU",
-        "fraction of units with no positive pre-activation on the probe batch, mean "
-        "over layers at the last probe; relu minus mean of leaky_relu, prelu; matched "
-        "on init, norm, skip, depth, seed",
+        "fraction of units with no positive pre-activation on the probe batch, mean over "
+        "layers at the last probe; relu minus mean of leaky_relu, prelu; matched on init, "
+        "norm, skip, depth, seed",
         "fraction",
-        lambda f: matched(
-            f["train"],
-            "activation",
-            ("relu",),
-            ("leaky_relu", "prelu"),
-            "dead_final",
-            ["init", "norm", "skip", "depth", "seed"],
-        ),
+        Paired("train", "activation", ("relu",), ("leaky_relu", "prelu"), "dead_final",
+               TRAINED_KEYS),
     ),
     Hypothesis(
-        "C4",
-        "C4a",
+        "C4", "C4a",
         "ELU keeps mean activations closer to zero than ReLU",
-        "|mean| / RMS of each layer's output, mean over layers at the last probe; relu "
-        "minus elu; matched on init, norm, skip, depth, seed",
+        "|mean| / RMS of each layer's output, mean over layers at the last probe; relu minus "
+        "elu; matched on init, norm, skip, depth, seed",
         "fraction of RMS",
-        lambda f: matched(
-            f["train"],
-            "activation",
-            ("relu",),
-            ("elu",),
-            "relative_mean_final",
-            ["init", "norm", "skip", "depth", "seed"],
-        ),
+        Paired("train", "activation", ("relu",), ("elu",), "relative_mean_final",
+               TRAINED_KEYS),
     ),
     Hypothesis(
-        "C4",
-        "C4b",
+        "C4", "C4b",
         "ELU reaches the target accuracy in fewer steps than ReLU",
         "steps to the target validation accuracy (never = budget + 1); relu minus elu; "
         "matched on init, norm, skip, depth, seed",
         "steps",
-        lambda f: matched(
-            f["train"],
-            "activation",
-            ("relu",),
-            ("elu",),
-            "steps_needed",
-            ["init", "norm", "skip", "depth", "seed"],
-        ),
+        Paired("train", "activation", ("relu",), ("elu",), "steps_needed", TRAINED_KEYS),
     ),
     Hypothesis(
-        "C5",
-        "C5a",
+        "C5", "C5a",
         "Xavier init keeps the gradient constant across layers for sigmoid/tanh",
-        f"|per-layer log10 signal-gradient rate| at init under xavier, plain sigmoid and "
-        f"tanh nets, against the tolerance {FLAT_RATE} decades/layer (tolerance minus "
-        "|rate|)",
-        "decades/layer",
-        lambda f: _vs_constant(
-            -_plain(f["init"]).query(
-                "activation in @SATURATING and init.str.startswith('xavier')", engine="python"
-            )["abs_rate"],
-            FLAT_RATE,
-        ),
+        f"|per-layer log10 signal-gradient rate| at init under xavier, plain sigmoid and tanh "
+        f"nets, against the tolerance {FLAT_RATE} decades/layer (tolerance minus |rate|)",
+        "decades/layer", _c5a,
     ),
     Hypothesis(
-        "C5",
-        "C5b",
+        "C5", "C5b",
         "For sigmoid/tanh, Xavier init keeps gradients steadier than PyTorch's default init",
         "-|per-layer log10 signal-gradient rate| at init, plain sigmoid/tanh nets; xavier "
         "(normal, uniform) minus default; matched on activation, depth, seed",
         "decades/layer",
-        lambda f: matched(
-            _plain(f["init"]).query("activation in @SATURATING", engine="python"),
-            "init",
-            ("xavier_normal", "xavier_uniform"),
-            ("default",),
-            "abs_rate",
-            ["activation", "depth", "seed"],
-        ),
+        Paired("init", "init", ("xavier_normal", "xavier_uniform"), ("default",), "abs_rate",
+               ("activation", "depth", "seed"), where=f"{PLAIN} and activation in {SATURATING}"),
     ),
     Hypothesis(
-        "C6",
-        "C6a",
+        "C6", "C6a",
         "For ReLU, He init keeps gradients steadier than Xavier",
-        "-|per-layer log10 signal-gradient rate| at init, plain ReLU nets; kaiming "
-        "(normal, uniform) minus xavier (normal, uniform); matched on depth, seed",
+        "-|per-layer log10 signal-gradient rate| at init, plain ReLU nets; kaiming (normal, "
+        "uniform) minus xavier (normal, uniform); matched on depth, seed",
         "decades/layer",
-        lambda f: matched(
-            _plain(f["init"]).query("activation == 'relu'"),
-            "init",
-            ("kaiming_normal", "kaiming_uniform"),
-            ("xavier_normal", "xavier_uniform"),
-            "abs_rate",
-            ["depth", "seed"],
-        ),
+        Paired("init", "init", ("kaiming_normal", "kaiming_uniform"),
+               ("xavier_normal", "xavier_uniform"), "abs_rate", ("depth", "seed"),
+               where=f"{PLAIN} and activation == 'relu'"),
     ),
     Hypothesis(
-        "C6",
-        "C6b",
+        "C6", "C6b",
         "For ReLU, He init trains to a higher accuracy than Xavier",
         "test accuracy after training (diverged = 0), ReLU nets; kaiming_normal minus "
         "xavier_normal; matched on norm, skip, depth, seed",
         "accuracy",
-        lambda f: matched(
-            f["train"].query("activation == 'relu'"),
-            "init",
-            ("kaiming_normal",),
-            ("xavier_normal",),
-            "accuracy",
-            ["norm", "skip", "depth", "seed"],
-        ),
+        Paired("train", "init", ("kaiming_normal",), ("xavier_normal",), "accuracy",
+               ("norm", "skip", "depth", "seed"), where="activation == 'relu'"),
     ),
     Hypothesis(
-        "C7",
-        "C7a",
+        "C7", "C7a",
         "Batch norm keeps the gradient steadier across layers at init (nets without skips)",
-        "-|per-layer log10 signal-gradient rate| at init, no skip; batch minus none; "
-        "matched on activation, init, depth, seed",
+        "-|per-layer log10 signal-gradient rate| at init, no skip; batch minus none; matched "
+        "on activation, init, depth, seed",
         "decades/layer",
-        lambda f: matched(
-            f["init"].query("skip == 'none'"),
-            "norm",
-            ("batch",),
-            ("none",),
-            "abs_rate",
-            ["activation", "init", "depth", "seed"],
-        ),
+        Paired("init", "norm", ("batch",), ("none",), "abs_rate",
+               ("activation", "init", "depth", "seed"), where="skip == 'none'"),
     ),
     Hypothesis(
-        "C7",
-        "C7b",
+        "C7", "C7b",
         "Batch norm trains deep nets to a higher accuracy",
         "test accuracy after training (diverged = 0); batch minus none; matched on "
         "activation, init, skip, depth, seed",
         "accuracy",
-        lambda f: matched(
-            f["train"],
-            "norm",
-            ("batch",),
-            ("none",),
-            "accuracy",
-            ["activation", "init", "skip", "depth", "seed"],
-        ),
+        Paired("train", "norm", ("batch",), ("none",), "accuracy",
+               ("activation", "init", "skip", "depth", "seed")),
     ),
     Hypothesis(
-        "C8",
-        "C8",
+        "C8", "C8",
         "Batch norm raises the largest stable learning rate",
         f"log10 of the largest learning rate that finishes with test accuracy >= "
-        f"{STABLE_ACCURACY} (none: half a decade below the grid); batch minus none; "
-        "matched on optimizer+clip, skip, init, seed",
+        f"{STABLE_ACCURACY} (none: half a decade below the grid); batch minus none; matched "
+        "on optimizer+clip, skip, init, seed",
         "decades of lr",
-        lambda f: matched(
-            f["lr_range"],
-            "norm",
-            ("batch",),
-            ("none",),
-            "max_stable_log10_lr",
-            ["setup", "skip", "init", "seed"],
-        ),
+        Paired("lr_range", "norm", ("batch",), ("none",), "max_stable_log10_lr",
+               ("setup", "skip", "init", "seed")),
     ),
     Hypothesis(
-        "C9",
-        "C9a",
+        "C9", "C9a",
         "Residual connections keep input-side gradients larger than the plain net's",
         "log10(g_1/g_L) of the signal gradient at init, no norm; residual minus none; "
         "matched on activation, init, depth, seed",
         "decades",
-        lambda f: matched(
-            f["init"].query("norm == 'none'"),
-            "skip",
-            ("residual",),
-            ("none",),
-            "signal_log10_first_last_init",
-            ["activation", "init", "depth", "seed"],
-        ),
+        Paired("init", "skip", ("residual",), ("none",), "signal_log10_first_last_init",
+               ("activation", "init", "depth", "seed"), where="norm == 'none'"),
     ),
     Hypothesis(
-        "C9",
-        "C9b",
+        "C9", "C9b",
         "Residual nets lose less accuracy with depth than plain nets",
         "test accuracy at the deepest minus the shallowest depth; residual minus none; "
         "matched on activation, init, norm, seed",
         "accuracy",
-        lambda f: matched(
-            f["degradation"],
-            "skip",
-            ("residual",),
-            ("none",),
-            "accuracy_gain",
-            ["activation", "init", "norm", "seed"],
-        ),
+        Paired("degradation", "skip", ("residual",), ("none",), "accuracy_gain",
+               ("activation", "init", "norm", "seed")),
     ),
     Hypothesis(
-        "C10",
-        "C10a",
+        "C10", "C10a",
         "Dense connectivity improves gradient flow",
         "-|log10(g_1/g_L)| of the signal gradient at init; dense minus none; matched on "
         "activation, init, norm, depth, seed",
         "decades",
-        lambda f: matched(
-            f["init"],
-            "skip",
-            ("dense",),
-            ("none",),
-            "abs_first_last",
-            ["activation", "init", "norm", "depth", "seed"],
-        ),
+        Paired("init", "skip", ("dense",), ("none",), "abs_first_last",
+               ("activation", "init", "norm", "depth", "seed")),
     ),
     Hypothesis(
-        "C10",
-        "C10b",
+        "C10", "C10b",
         "Highway connections improve gradient flow",
         "-|log10(g_1/g_L)| of the signal gradient at init; highway minus none; matched on "
         "activation, init, norm, depth, seed",
         "decades",
-        lambda f: matched(
-            f["init"],
-            "skip",
-            ("highway",),
-            ("none",),
-            "abs_first_last",
-            ["activation", "init", "norm", "depth", "seed"],
-        ),
+        Paired("init", "skip", ("highway",), ("none",), "abs_first_last",
+               ("activation", "init", "norm", "depth", "seed")),
     ),
     Hypothesis(
-        "C11",
-        "C11",
+        "C11", "C11",
         "Layer norm with residual connections keeps gradients steadier than the alternatives",
-        "-|log10(g_1/g_L)| at init; layer+residual minus the mean of none+none, "
-        "batch+none, layer+none, none+residual, batch+residual; matched on activation, "
-        "init, depth, seed",
+        "-|log10(g_1/g_L)| at init; layer+residual minus the mean of none+none, batch+none, "
+        "layer+none, none+residual, batch+residual; matched on activation, init, depth, seed",
         "decades",
-        lambda f: matched(
-            f["init"],
-            "norm_skip",
-            ("layer+residual",),
-            ("none+none", "batch+none", "layer+none", "none+residual", "batch+residual"),
-            "abs_first_last",
-            ["activation", "init", "depth", "seed"],
-        ),
+        Paired("init", "norm_skip", ("layer+residual",),
+               ("none+none", "batch+none", "layer+none", "none+residual", "batch+residual"),
+               "abs_first_last", ("activation", "init", "depth", "seed")),
     ),
     Hypothesis(
-        "C12",
-        "C12a",
+        "C12", "C12a",
         "AdamW with clipping diverges less often than SGD",
-        "fraction of the learning-rate grid that diverges; sgd minus adamw+clip; matched "
-        "on norm, skip, init, seed",
+        "fraction of the learning-rate grid that diverges; sgd minus adamw+clip; matched on "
+        "norm, skip, init, seed",
         "fraction",
-        lambda f: matched(
-            f["lr_range"],
-            "setup",
-            ("sgd",),
-            ("adamw+clip",),
-            "diverged",
-            ["norm", "skip", "init", "seed"],
-        ),
+        Paired("lr_range", "setup", ("sgd",), ("adamw+clip",), "diverged",
+               ("norm", "skip", "init", "seed")),
     ),
     Hypothesis(
-        "C12",
-        "C12b",
+        "C12", "C12b",
         "AdamW with clipping reaches the target faster than SGD",
-        "fewest steps to the target over the learning-rate grid (never = budget + 1); "
-        "sgd minus adamw+clip; matched on norm, skip, init, seed",
+        "fewest steps to the target over the learning-rate grid (never = budget + 1); sgd "
+        "minus adamw+clip; matched on norm, skip, init, seed",
         "steps",
-        lambda f: matched(
-            f["lr_range"],
-            "setup",
-            ("sgd",),
-            ("adamw+clip",),
-            "best_steps",
-            ["norm", "skip", "init", "seed"],
-        ),
+        Paired("lr_range", "setup", ("sgd",), ("adamw+clip",), "best_steps",
+               ("norm", "skip", "init", "seed")),
     ),
     Hypothesis(
-        "C12",
-        "C12c",
+        "C12", "C12c",
         "With AdamW and clipping, Xavier init reaches the target faster than the other inits",
-        "fewest steps to the target over the learning-rate grid, adamw+clip; mean of "
-        "default, kaiming_normal minus xavier_normal; matched on norm, skip, seed",
+        "fewest steps to the target over the learning-rate grid, adamw+clip; mean of default, "
+        "kaiming_normal minus xavier_normal; matched on norm, skip, seed",
         "steps",
-        lambda f: matched(
-            f["lr_range"].query("setup == 'adamw+clip'") if len(f["lr_range"]) else f["lr_range"],
-            "init",
-            ("default", "kaiming_normal"),
-            ("xavier_normal",),
-            "best_steps",
-            ["norm", "skip", "seed"],
-        ),
+        Paired("lr_range", "init", ("default", "kaiming_normal"), ("xavier_normal",),
+               "best_steps", ("norm", "skip", "seed"), where="setup == 'adamw+clip'"),
     ),
     Hypothesis(
-        "C13",
-        "C13a",
+        "C13", "C13a",
         "In residual nets the init still matters",
         "test accuracy (diverged = 0) of the residual nets of the optim sweep; partial eta^2 "
-        "of init with its interaction with the optimizer setup, in accuracy ~ "
-        "setup * (lr + init) + norm (nested-model F-test)",
-        "partial eta^2",
-        anova=("optim", "init"),
+        "of init with its interaction with the optimizer setup, in accuracy ~ setup * (lr + "
+        "init) + norm (nested-model F-test)",
+        "partial eta^2", anova=("optim", "init"),
     ),
     Hypothesis(
-        "C13",
-        "C13b",
+        "C13", "C13b",
         "In residual nets the learning rate still matters",
         "as C13a, for lr with its interaction with the optimizer setup",
-        "partial eta^2",
-        anova=("optim", "lr"),
+        "partial eta^2", anova=("optim", "lr"),
     ),
 ]
+# fmt: on
 
 NOT_TESTED = {
     "C14": "needs residual nets probed at several input scales (data.input_scale); "
@@ -648,52 +528,9 @@ def _anova_effect(frame: pd.DataFrame, term: str, rng: np.random.Generator, n_bo
 def claims(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for h in HYPOTHESES:
-        rng = rng_for(h.part)
-        row: dict[str, Any] = {
-            "claim": h.claim, "part": h.part, "hypothesis": h.statement,
-            "measurement": h.measurement, "unit": h.unit,
-        }  # fmt: skip
-        if h.anova is not None:
-            frame_name, term = h.anova
-            frame = frames[frame_name]
-            found = _anova_effect(frame, term, rng) if len(frame) else None
-            if found is None:
-                rows.append(
-                    {
-                        **row,
-                        **_untested(
-                            "no residual nets with several levels of "
-                            f"{term} in this profile's optim sweep"
-                        ),
-                    }
-                )
-                continue
-            effect, pvalue, n = found
-            rows.append({**row, "test": "nested-model F-test in a factorial OLS model",
-                         "n": n, "effect": effect.estimate, "effect_low": effect.low,
-                         "effect_high": effect.high, "median_difference": np.nan,
-                         "rank_biserial": np.nan, "statistic": np.nan, "pvalue": pvalue,
-                         "directional": False})  # fmt: skip
-            continue
-        a, b = h.pairs(frames)
-        result = stats.paired_wilcoxon(a, b, rng, alternative="two-sided")
-        if result.n < 6:  # fewer nonzero pairs than a two-sided test at 5% can ever reject
-            rows.append(
-                {
-                    **row,
-                    **_untested(
-                        f"{result.n} matched pairs with a difference in "
-                        "this profile's sweeps; at least 6 are needed"
-                    ),
-                }
-            )
-            continue
-        rows.append({**row, "test": "Wilcoxon signed-rank, two-sided, over matched pairs",
-                     "n": result.n, "effect": result.difference.estimate,
-                     "effect_low": result.difference.low, "effect_high": result.difference.high,
-                     "median_difference": result.median_difference,
-                     "rank_biserial": result.rank_biserial, "statistic": result.statistic,
-                     "pvalue": result.pvalue, "directional": True})  # fmt: skip
+        rows.append({"claim": h.claim, "part": h.part, "hypothesis": h.statement,
+                     "measurement": h.measurement, "unit": h.unit,
+                     **_evaluate(h, frames, rng_for(h.part))})  # fmt: skip
     for claim, why in NOT_TESTED.items():
         rows.append({"claim": claim, "part": claim, "hypothesis": "", "measurement": "",
                      "unit": "", **_untested(why)})  # fmt: skip
@@ -703,6 +540,37 @@ def claims(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     table["directional"] = table["directional"].astype("boolean")
     order = [int(c[1:]) for c in table["claim"]]
     return table.assign(_o=order).sort_values(["_o", "part"], kind="stable").drop(columns="_o")
+
+
+def _evaluate(h: Hypothesis, frames: dict[str, pd.DataFrame], rng: np.random.Generator):
+    """The test's columns of a hypothesis' row (or why it could not be tested)."""
+    if h.anova is not None:
+        frame_name, term = h.anova
+        frame = frames[frame_name]
+        found = _anova_effect(frame, term, rng) if len(frame) else None
+        if found is None:
+            return _untested(f"no residual nets with several levels of {term} in this "
+                             "profile's optim sweep")  # fmt: skip
+        effect, pvalue, n = found
+        return _tested("nested-model F-test in a factorial OLS model", n, effect, pvalue,
+                       directional=False)  # fmt: skip
+    result = stats.paired_wilcoxon(*h.pairs(frames), rng, alternative="two-sided")
+    if result.n < 6:  # fewer nonzero pairs than a two-sided test at 5% can ever reject
+        return _untested(f"{result.n} matched pairs with a difference in this profile's "
+                         "sweeps; at least 6 are needed")  # fmt: skip
+    return _tested("Wilcoxon signed-rank, two-sided, over matched pairs", result.n,
+                   result.difference, result.pvalue, directional=True,
+                   median_difference=result.median_difference,
+                   rank_biserial=result.rank_biserial, statistic=result.statistic)  # fmt: skip
+
+
+def _tested(test: str, n: int, effect: stats.Interval, pvalue: float, directional: bool,
+            median_difference: float = np.nan, rank_biserial: float = np.nan,
+            statistic: float = np.nan) -> dict[str, Any]:  # fmt: skip
+    return {"test": test, "n": n, "effect": effect.estimate, "effect_low": effect.low,
+            "effect_high": effect.high, "median_difference": median_difference,
+            "rank_biserial": rank_biserial, "statistic": statistic, "pvalue": pvalue,
+            "directional": directional}  # fmt: skip
 
 
 def _untested(reason: str) -> dict[str, Any]:

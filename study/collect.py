@@ -20,8 +20,6 @@ line saying what is wrong and how to fix it; nothing is written then.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -128,11 +126,10 @@ class CollectError(Exception):
     """The records cannot make a complete, consistent table; the message says why."""
 
 
-def cell_id(config: dict[str, Any]) -> str:
-    """Identity of a cell across seeds: the resolved config without seed and bookkeeping."""
-    relevant = {k: v for k, v in config.items() if k not in ("seed", "tracking", "run_name")}
-    blob = json.dumps(records.json_safe(relevant), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def cell_id(record: dict[str, Any]) -> str:
+    """Identity of a cell across seeds: the cell key of its config without the seed."""
+    config = {k: v for k, v in record["config"].items() if k != "seed"}
+    return records.cell_key(config, record["data"]["sha256"])
 
 
 def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str) -> dict:
@@ -155,7 +152,7 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "lr": optim["lr"],
         "clip_norm": optim["clip_norm"] if optim["clip_norm"] is not None else np.nan,
         "steps": train["steps"],
-        "cell_id": cell_id(config),
+        "cell_id": cell_id(record),
         "run_name": record["run_name"],
         "status": record["status"],
         "profile": profile,
@@ -274,18 +271,10 @@ def build(sweep_dirs: dict[str, Path], profile: str, root: Path):
 
     lengths = np.array([len(ly["step"]) for ly in per_run], dtype=np.int64)
     run_index = np.repeat(np.arange(len(runs)), lengths)
-    columns: dict[str, Any] = {
-        axis: runs[axis].to_numpy()[run_index] if len(run_index) else runs[axis].iloc[:0]
-        for axis in AXES
-    }
+    columns = {axis: runs[axis].to_numpy()[run_index] for axis in AXES}
     for name in ("step", "layer", *LAYER_STATS):
-        parts = [ly[name] for ly in per_run]
-        columns[name] = np.concatenate(parts) if parts else np.array([])
-    layers = typed(pd.DataFrame(columns), LAYER_COLUMNS)
-    for axis in AXES:  # the same categories as runs.parquet, even when some are unused
-        if isinstance(RUN_COLUMNS[axis], pd.CategoricalDtype):
-            layers[axis] = layers[axis].astype(RUN_COLUMNS[axis])
-    return runs, layers
+        columns[name] = np.concatenate([ly[name] for ly in per_run])
+    return runs, typed(pd.DataFrame(columns), LAYER_COLUMNS)
 
 
 def counts(runs: pd.DataFrame) -> dict[str, Any]:

@@ -113,16 +113,12 @@ def factorial_model(
     (SS_term / (SS_term + SS_residual)). Rows with a non-finite response are dropped;
     factors with a single level are left out of the model (they cannot be estimated).
     """
-    data = frame[[response, *factors]].copy()
-    data = data[np.isfinite(data[response].astype(float))]
-    data[response] = data[response].astype(float)
+    data = _model_data(frame, response, factors)
     used = [f for f in factors if data[f].nunique() > 1]
     terms = [f"C({f})" for f in used]
     terms += [f"C({x}):C({y})" for x, y in interactions if x in used and y in used]
     if not terms or len(data) <= len(terms) + 1:
         return pd.DataFrame(columns=["term", "sum_sq", "df", "F", "pvalue", "partial_eta_sq"])
-    for f in used:
-        data[f] = data[f].astype(str)
     fit = smf.ols(f"{response} ~ {' + '.join(terms)}", data=data).fit()
     table = anova_lm(fit, typ=2)
     residual = table.loc["Residual", "sum_sq"]
@@ -141,12 +137,7 @@ def nested_f_test(
     ``full`` terms against the model without them. Terms are formula terms over
     categorical columns, like ``"lr"`` or ``"setup:lr"``; rows with a non-finite response
     are dropped."""
-    columns = sorted({c for t in full for c in t.split(":")})
-    data = frame[[response, *columns]].copy()
-    data = data[np.isfinite(data[response].astype(float))]
-    data[response] = data[response].astype(float)
-    for c in columns:
-        data[c] = data[c].astype(str)
+    data = _model_data(frame, response, sorted({c for t in full for c in t.split(":")}))
 
     def formula(terms: Sequence[str]) -> str:
         rhs = " + ".join(":".join(f"C({c})" for c in t.split(":")) for t in terms)
@@ -161,3 +152,13 @@ def nested_f_test(
     f_value = (extra / df_extra) / (big.ssr / big.df_resid)
     pvalue = float(stats.f.sf(f_value, df_extra, big.df_resid))
     return float(extra / (extra + big.ssr)), pvalue
+
+
+def _model_data(frame: pd.DataFrame, response: str, factors: Sequence[str]) -> pd.DataFrame:
+    """The rows with a finite response, the response as float and the factors as labels."""
+    data = frame[[response, *factors]].copy()
+    data[response] = data[response].astype(float)
+    data = data[np.isfinite(data[response])]
+    for f in factors:
+        data[f] = data[f].astype(str)
+    return data

@@ -29,8 +29,7 @@ SWEEP_FILE = "sweep.json"
 
 def parent_run_id(sweep_dir: Path) -> str | None:
     """The sweep's MLflow parent run, for a job to link to."""
-    path = Path(sweep_dir) / SWEEP_FILE
-    return json.loads(path.read_text()).get("parent_run_id") if path.exists() else None
+    return read(sweep_dir).get("parent_run_id")
 
 
 def job_result(

@@ -231,7 +231,7 @@ def residual_chis(
     for layer in range(depth):
         q = sigma_w2 * stream + sigma_b2
         chis[layer] = 1.0 + chi(activation, q, sigma_w2)
-        stream += gauss(lambda u: phi(activation)(u) ** 2, q)
+        stream += q_map(activation, q, sigma_w2=1.0)  # E[phi^2]: the branch's output
     return chis
 
 
@@ -248,6 +248,8 @@ class Prediction:
     log10_rate: float | None  # predicted signal ``log10_rate``: 0.5 log10 chi over the fit
     depth_scale: float | None  # xi_c (plain nets), where defined
     basis: str  # which formula, or why there is none
+    # batch norm at the given batch size (``finite_batch_rate``); None otherwise
+    log10_rate_finite_batch: float | None = None
 
 
 def sigma_b2(init: Init, fan_in: int) -> float:
@@ -264,12 +266,14 @@ def predict(
     width: int,
     num_features: int,
     input_second_moment: float = 1.0,
+    batch_size: int | None = None,
 ) -> Prediction:
     """The prediction for a cell, on the same interior layers the measurement fits.
 
     The stem (a Linear from the standardized input, no activation) sets q_1; then each
     factor chi_l links layer l to l + 1, and the predicted rate is the least-squares slope
     of the predicted log10 profile over ``study.probes.interior`` -- the measured rate's fit.
+    With batch norm and a ``batch_size``, the finite-batch rate comes along too.
     """
     activation, init, norm, skip = Activation(activation), Init(init), Norm(norm), Skip(skip)
     sw2 = nets.sigma_w2(init, activation, width, width)
@@ -280,7 +284,10 @@ def predict(
         return Prediction(sw2, None, None, None, None, f"no mean-field rate for {norm}+{skip}")
     if norm is Norm.batch:
         c = batchnorm_chi(activation)
-        return Prediction(sw2, None, c, 0.5 * math.log10(c), None, "batch norm, large batch")
+        finite = finite_batch_rate(c, batch_size) if batch_size else None
+        return Prediction(
+            sw2, None, c, 0.5 * math.log10(c), None, "batch norm, large batch", finite
+        )
     if norm is Norm.layer:
         c = layernorm_chi(activation)
         return Prediction(sw2, None, c, 0.5 * math.log10(c), None, "layer norm, large width")
