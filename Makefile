@@ -60,8 +60,10 @@ data: setup
 example: setup
 	$(PY) -m study.train model.depth=16 model.activation=tanh model.init=xavier_normal
 
+# One pytest worker per core; each test file stays on one worker (the pipeline tests share
+# one DVC run of the quick profile). `pytest` alone runs them in one process.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

@@ -2,7 +2,7 @@
 
     python -m study.collect --profile standard
 
-reads ``multirun/<profile>/<sweep>/sweep.json`` for each sweep of ``study.config.SWEEPS``
+reads ``multirun/<profile>/<sweep>/sweep.json`` for each sweep of ``study.sweep.SWEEPS``
 (the cells of the grid as it was last run, with their cell keys), loads each cell's
 ``run.json`` and ``layers.parquet``, and writes
 
@@ -32,16 +32,15 @@ import pyarrow.parquet as pq
 from study import records, sweep
 from study.config import (
     LAYER_STATS,
-    SWEEPS,
     Activation,
     Dataset,
     Init,
     Norm,
     Optimizer,
-    Profile,
     Schedule,
     Skip,
 )
+from study.sweep import SWEEPS, Profile
 from study.tables import write_table
 
 STATUSES = ("finished", "diverged", "failed")

@@ -69,18 +69,6 @@ class Schedule(enum.StrEnum):
     none = "none"  # never
 
 
-class Profile(enum.StrEnum):
-    """How big the study is (params.yaml ``profile``; conf/sweep/<profile>/<sweep>.yaml)."""
-
-    quick = "quick"  # minutes: tests and a first look
-    standard = "standard"  # the study of the report: an hour on 2 cores
-    full = "full"  # clusters: more depths, seeds and steps
-
-
-# The sweeps of a profile, in pipeline order (dvc.yaml stages sweep_<name>).
-SWEEPS = ("init", "train", "optim")
-
-
 class Device(enum.StrEnum):
     auto = "auto"
     cpu = "cpu"

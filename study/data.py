@@ -137,11 +137,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     records.atomic_write(path, write)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    text = json.dumps(obj, sort_keys=True, indent=2) + "\n"
-    records.atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 def prepare(cfg: DataConfig) -> dict:
     """Build ``cfg``'s dataset, write its .npz, update the manifest; returns its manifest entry."""
     arrays = build(cfg)
@@ -167,7 +162,7 @@ def prepare(cfg: DataConfig) -> dict:
     manifest_path = path.parent / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest[str(cfg.name)] = entry
-    _write_json(manifest_path, manifest)
+    records.write_json(manifest_path, manifest)
     return entry
 
 

@@ -13,6 +13,7 @@ the same cell key does nothing and reports ``skipped`` (see ``study.train``).
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections import Counter
@@ -25,6 +26,19 @@ from mlflow.entities import Metric, RunStatus
 from study import records, tracking
 
 SWEEP_FILE = "sweep.json"
+
+
+class Profile(enum.StrEnum):
+    """How big the study is (params.yaml ``profile``; conf/sweep/<profile>/<sweep>.yaml)."""
+
+    quick = "quick"  # minutes: tests and a first look
+    standard = "standard"  # the study of the report: an hour on 2 cores
+    full = "full"  # clusters: more depths, seeds and steps
+
+
+# The sweeps of a profile, in pipeline order (dvc.yaml stages sweep_<name>). They live here,
+# not in study.config, so that adding a sweep leaves every run's code_version unchanged.
+SWEEPS = ("init", "train", "optim", "scale")
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:

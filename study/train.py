@@ -134,6 +134,7 @@ def execute(
     resolved: dict[str, Any],
     splits: datasets.Splits,
     out_dir: Path,
+    cell_key: str,
     parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Train, measure and record one run; returns its record (as written to run.json)."""
@@ -148,7 +149,7 @@ def execute(
     record: dict[str, Any] = {
         "schema_version": records.SCHEMA_VERSION,
         "run_name": cfg.run_name,
-        "cell_key": records.cell_key(resolved, splits.sha256),
+        "cell_key": cell_key,
         "config": resolved,
         "code_version": records.code_version(),
         "git_commit": records.git_commit(),
@@ -297,7 +298,7 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
         if is_done(records.read_run(out_dir), key):
             return sweep.job_result(cfg.run_name, "skipped", key, out_dir)
         parent_id = sweep.parent_run_id(Path(hc.sweep.dir))
-    record = execute(cfg, resolved, splits, out_dir, parent_id)
+    record = execute(cfg, resolved, splits, out_dir, key, parent_id)
     status = record["status"]
     # In a sweep the launcher's progress line speaks for the cells; one line each is noise.
     level = logging.INFO if hc.mode == RunMode.RUN else logging.DEBUG

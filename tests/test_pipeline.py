@@ -24,8 +24,16 @@ from .conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-QUICK = {"init": 64, "train": 16, "optim": 8}  # conf/sweep/quick/*.yaml
-STAGES = ("prepare", "sweep_init", "sweep_train", "sweep_optim", "collect", "analyze")
+QUICK = {"init": 64, "train": 16, "optim": 8, "scale": 24}  # conf/sweep/quick/*.yaml
+STAGES = (
+    "prepare",
+    "sweep_init",
+    "sweep_train",
+    "sweep_optim",
+    "sweep_scale",
+    "collect",
+    "analyze",
+)
 
 
 def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -107,7 +115,7 @@ def test_metrics_show_prints_the_collect_counts(repo):
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
     [workspace] = shown.values()
     counts = workspace["data"]["results/metrics/collect.json"]["data"]
-    assert counts["all"] == {"runs": 88, "finished": 88, "diverged": 0, "failed": 0}
+    assert counts["all"] == {"runs": 112, "finished": 112, "diverged": 0, "failed": 0}
     assert {k: v["runs"] for k, v in counts.items() if k != "all"} == QUICK
 
 

@@ -124,7 +124,7 @@ def test_a_crash_is_recorded_as_failed_with_its_error(tmp_path, mnist1d):
                          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
     # Corrupt labels: class 99 of 10 makes the loss raise inside training.
     broken = Splits(**{**mnist1d.__dict__, "y_train": np.full_like(mnist1d.y_train, 99)})
-    status = execute(cfg, as_dict(cfg), broken, tmp_path)["status"]
+    status = execute(cfg, as_dict(cfg), broken, tmp_path, "test-key")["status"]
     assert status == "failed"
     record = records.read_run(tmp_path)
     assert record["status"] == "failed"
