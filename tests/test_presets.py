@@ -1,0 +1,92 @@
+"""Every sweep preset of every profile composes, holds only valid values, names each cell
+apart, and has the size the README promises -- checked without running a cell, so that a
+typo in a `full` preset shows here and not hours into a cluster job."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from study.config import validate
+from study.sweep import SWEEPS, Profile
+
+from .conftest import CONF, ROOT
+
+# The grid sizes of README "Sweeps" (conf/sweep/<profile>/<sweep>.yaml).
+CELLS = {
+    "standard": {"init": 6_048, "train": 1_296, "optim": 576, "scale": 384},
+    "quick": {"init": 64, "train": 16, "optim": 8, "scale": 24},
+    "full": {"init": 53_760, "train": 8_640, "optim": 2_160, "scale": 6_400},
+}
+PRESETS = [(profile, sweep) for profile in CELLS for sweep in SWEEPS]
+
+
+def grid(profile: str, sweep: str):
+    """The composed preset (with its Hydra part), the job's typed config, and the grid:
+    {key: [typed values]}."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        overrides = [f"+sweep={profile}/{sweep}"]
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        job = compose(config_name="config", overrides=overrides)
+    parser = OverridesParser.create()
+    axes = {}
+    for key, values in cfg.hydra.sweeper.params.items():
+        [override] = parser.parse_overrides([f"{key}={values}"])
+        sweep = override.is_sweep_override()
+        axes[key] = list(override.sweep_iterator()) if sweep else [override.value()]
+    return cfg, job, axes
+
+
+def test_the_profiles_and_sweeps_are_the_preset_files():
+    assert {p.name for p in (CONF / "sweep").iterdir() if p.is_dir()} == set(Profile)
+    for profile in Profile:
+        files = {p.stem for p in (CONF / "sweep" / profile).glob("*.yaml")}
+        assert files == set(SWEEPS), profile
+    assert set(CELLS) == set(Profile)
+
+
+@pytest.mark.parametrize(("profile", "sweep"), PRESETS)
+def test_preset_grid_is_valid_and_names_every_cell(profile, sweep):
+    cfg, job, axes = grid(profile, sweep)
+    assert math.prod(len(v) for v in axes.values()) == CELLS[profile][sweep]
+    assert cfg.hydra.sweep.dir == f"multirun/{profile}/{sweep}"
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert raw["hydra"]["sweep"]["subdir"] == "${run_name}"  # a rerun finds its records
+    expected = sweep if profile == "standard" else f"{profile}-{sweep}"
+    assert cfg.tracking.experiment == expected
+    # A cell's name (its folder and MLflow run) must change with every swept key.
+    template = raw["run_name"]
+    for key in axes:
+        assert "${" + key + "}" in template or "${" + key + "." in template, key
+    # Every value of the grid is valid on its own (the sweeper checks the same at launch).
+    for key, values in axes.items():
+        if OmegaConf.is_config(OmegaConf.select(job, key)):
+            continue  # a config group (optim: sgd,adamw): the pipeline tests compose those
+        for value in values:
+            one = job.copy()
+            OmegaConf.update(one, key, value, merge=False)
+            validate(OmegaConf.to_object(one))
+
+
+def test_readme_states_the_grid_sizes():
+    readme = (ROOT / "README.md").read_text()
+    for sweep in SWEEPS:
+        [row] = [line for line in readme.splitlines() if line.startswith(f"| `{sweep}`: ")]
+        assert f"= **{CELLS['standard'][sweep]:,}**" in row, sweep
+        for profile in ("quick", "full"):
+            assert re.search(rf"= {CELLS[profile][sweep]:,} \|", row), (profile, sweep)
+
+
+def test_every_sweep_is_a_pipeline_stage_that_collect_reads():
+    stages = yaml.safe_load(Path(ROOT / "dvc.yaml").read_text())["stages"]
+    for sweep in SWEEPS:
+        stage = stages[f"sweep_{sweep}"]
+        assert stage["cmd"].startswith(f"python -m study.train -m +sweep=${{profile}}/{sweep} ")
+        assert f"multirun/${{profile}}/{sweep}/sweep.json" in stages["collect"]["deps"]
