@@ -66,7 +66,7 @@ test: setup
 	$(PY) -m pytest -n auto --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .
