@@ -269,15 +269,15 @@ def _scale_shrink(scale: pd.DataFrame) -> pd.DataFrame:
     largest to the smallest input scale of the sweep."""
     if scale.empty or scale["input_scale"].nunique() < 2:
         return pd.DataFrame()
-    cell = ["activation", "init", "depth", "skip", "seed"]
-    wide = scale.pivot_table(index=cell, columns="input_scale", values="weight_grad_level",
-                             observed=True, aggfunc="mean")  # fmt: skip
+    wide = scale.pivot_table(index=[*SCALE_KEYS, "skip"], columns="input_scale",
+                             values="weight_grad_level", observed=True, aggfunc="mean")  # fmt: skip
     largest, smallest = wide.columns.max(), wide.columns.min()
     return (wide[largest] - wide[smallest]).rename("weight_grad_shrink").dropna().reset_index()
 
 
 PLAIN = "norm == 'none' and skip == 'none'"
 TRAINED_KEYS = ("init", "norm", "skip", "depth", "seed")  # the train sweep, but activation
+SCALE_KEYS = ("activation", "init", "depth", "seed")  # the scale sweep, but scale and skip
 
 
 @dataclass(frozen=True)
@@ -322,8 +322,8 @@ def _c1(f):
 def _c14a(f):
     """Largest against smallest input scale, residual nets."""
     residual = f["scale"][f["scale"]["skip"] == "residual"]
-    return ends(residual, "input_scale", "weight_grad_level",
-                ["activation", "init", "depth", "seed"], smallest_first=False)  # fmt: skip
+    return ends(residual, "input_scale", "weight_grad_level", list(SCALE_KEYS),
+                smallest_first=False)  # fmt: skip
 
 
 def _c5a(f):
@@ -545,7 +545,7 @@ HYPOTHESES: list[Hypothesis] = [
         "input scale; plain minus residual; matched on activation, init, depth, seed",
         "decades",
         Paired("scale_shrink", "skip", ("none",), ("residual",), "weight_grad_shrink",
-               ("activation", "init", "depth", "seed")),
+               SCALE_KEYS),
     ),
 ]
 # fmt: on
