@@ -49,6 +49,12 @@ SATURATING = ("sigmoid", "tanh")
 AXES = ("activation", "init", "norm", "skip", "depth")
 
 
+def accuracy(runs: pd.DataFrame) -> pd.Series:
+    """Test accuracy, with 0 for runs that have none (diverged or failed: they learned
+    nothing, which is not the same as missing)."""
+    return runs["test_accuracy"].fillna(0.0)
+
+
 def rng_for(name: str) -> np.random.Generator:
     """A generator of its own for each result, so adding one never shifts another."""
     return np.random.default_rng([SEED, zlib.crc32(name.encode())])
@@ -115,8 +121,8 @@ def factor_effects(runs: pd.DataFrame) -> pd.DataFrame:
     tables = []
     for sweep, response in (("init", "signal_log10_rate_init"), ("train", "test_accuracy")):
         data = runs[(runs["sweep"] == sweep) & (runs["status"] != "failed")].copy()
-        if response == "test_accuracy":  # a diverged run learned nothing: chance, not missing
-            data[response] = data[response].fillna(0.0)
+        if response == "test_accuracy":
+            data[response] = accuracy(data)
         table = stats.factorial_model(data, response, AXES, INTERACTIONS)
         table.insert(0, "response", response)
         table.insert(0, "sweep", sweep)
@@ -136,7 +142,7 @@ def trainable_depth(runs: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
     depth trains: 0). The interval resamples the seeds of each depth (percentile bootstrap).
     """
     train = runs[runs["sweep"] == "train"].copy()
-    train["test_accuracy"] = train["test_accuracy"].fillna(0.0)  # diverged or failed
+    train["test_accuracy"] = accuracy(train)
     rng = rng_for("trainable_depth")
     rows = []
     keys = ["activation", "init", "norm", "skip"]
@@ -206,7 +212,7 @@ def prepare_frames(runs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, pd.Dat
     runs = runs[runs["status"] != "failed"].copy()
     runs["abs_rate"] = -runs["signal_log10_rate_init"].abs()  # closer to 0 = steadier flow
     runs["abs_first_last"] = -runs["signal_log10_first_last_init"].abs()
-    runs["accuracy"] = runs["test_accuracy"].fillna(0.0)  # diverged: learned nothing
+    runs["accuracy"] = accuracy(runs)
     # Never reaching the target ranks behind every run that did (rank tests need no value).
     never = runs["steps"] + 1
     runs["steps_needed"] = runs["steps_to_target"].astype("Float64").fillna(never).astype(float)
@@ -232,16 +238,8 @@ def prepare_frames(runs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, pd.Dat
     frames = {name: runs[runs["sweep"] == name].copy() for name in runs["sweep"].cat.categories}
     init = frames["init"]
     init["norm_skip"] = init["norm"].astype(str) + "+" + init["skip"].astype(str)
-    train = frames["train"]
-    if not train.empty:
-        cell = ["activation", "init", "norm", "skip", "seed"]  # all but depth
-        span = train.groupby(cell, observed=True)["depth"]
-        deep = train[span.transform("max") == train["depth"]].set_index(cell)["accuracy"]
-        shallow = train[span.transform("min") == train["depth"]].set_index(cell)["accuracy"]
-        gap = deep - shallow
-        frames["degradation"] = gap.rename("accuracy_gain").reset_index()  # fmt: skip
-    else:
-        frames["degradation"] = pd.DataFrame()
+    frames["degradation"] = level_gap(frames["train"], "depth", "accuracy", "accuracy_gain",
+                                      ["activation", "init", "norm", "skip", "seed"])  # fmt: skip
     optim = frames["optim"]
     if not optim.empty:
         optim["stable"] = (optim["status"] == "finished") & (optim["accuracy"] >= STABLE_ACCURACY)
@@ -267,12 +265,21 @@ def prepare_frames(runs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, pd.Dat
 def _scale_shrink(scale: pd.DataFrame) -> pd.DataFrame:
     """Per net and seed, how many decades the typical weight gradient loses from the
     largest to the smallest input scale of the sweep."""
-    if scale.empty or scale["input_scale"].nunique() < 2:
-        return pd.DataFrame()
-    wide = scale.pivot_table(index=[*SCALE_KEYS, "skip"], columns="input_scale",
-                             values="weight_grad_level", observed=True, aggfunc="mean")  # fmt: skip
-    largest, smallest = wide.columns.max(), wide.columns.min()
-    return (wide[largest] - wide[smallest]).rename("weight_grad_shrink").dropna().reset_index()
+    return level_gap(scale, "input_scale", "weight_grad_level", "weight_grad_shrink",
+                     [*SCALE_KEYS, "skip"])  # fmt: skip
+
+
+def level_gap(
+    frame: pd.DataFrame, factor: str, value: str, name: str, keys: list[str]
+) -> pd.DataFrame:
+    """``value`` at the largest level of a numeric ``factor`` minus ``value`` at its smallest
+    (whichever levels were swept), as column ``name``, per combination of ``keys``."""
+    if frame.empty or frame[factor].nunique() < 2:
+        return pd.DataFrame(columns=[*keys, name])
+    wide = frame.pivot_table(index=keys, columns=factor, values=value, observed=True,
+                             aggfunc="mean")  # fmt: skip
+    gap = wide[wide.columns.max()] - wide[wide.columns.min()]
+    return gap.rename(name).dropna().reset_index()
 
 
 PLAIN = "norm == 'none' and skip == 'none'"

@@ -1,4 +1,4 @@
-"""Reading and writing the study's tables (parquet), shared by the stages after the sweeps."""
+"""Writing the study's tables (parquet), shared by the stages after the sweeps."""
 
 from __future__ import annotations
 
