@@ -40,11 +40,11 @@ from study.config import (
     Schedule,
     Skip,
 )
+from study.records import SUMMARY_COLUMNS, Status
 from study.sweep import SWEEPS, Profile
 from study.tables import write_table
 
-STATUSES = ("finished", "diverged", "failed")
-SUMMARY_STATS = ("log10_first_last", "first_last_censored", "log10_rate", "n_zero")
+STATUSES = tuple(Status)
 
 
 def _categories(values) -> pd.CategoricalDtype:
@@ -91,16 +91,14 @@ RUN_COLUMNS: dict[str, Any] = {
     "diverged_at_step": "Int64",  # <NA>: did not diverge
     "steps_to_target": "Int64",  # <NA>: never reached data.target_accuracy
     **{
-        f"{grad}_{stat}_{when}": (
+        column: (
             "boolean"
-            if stat == "first_last_censored"
+            if "_first_last_censored_" in column
             else "Int64"
-            if stat == "n_zero"
+            if "_n_zero_" in column
             else "float64"
         )
-        for when in ("init", "final")
-        for grad in ("signal", "weight")
-        for stat in SUMMARY_STATS
+        for column in SUMMARY_COLUMNS
     },
     "wall_s": "float64",
     "train_s": "float64",
@@ -178,12 +176,7 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
 
 
 _METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
-_SUMMARY = tuple(
-    k
-    for k in RUN_COLUMNS
-    if k in ("steps_done", "diverged_at_step", "steps_to_target")
-    or k.startswith(("signal_", "weight_"))
-)
+_SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", *SUMMARY_COLUMNS)
 
 
 def typed(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:

@@ -20,13 +20,14 @@ from study.config import Config, Optimizer
 from study.data import Splits
 from study.nets import MLP
 from study.probes import STATS, Probe, probe_steps
+from study.records import Status
 
 
 @dataclass
 class Outcome:
     """What a run measured; ``train.py`` turns it into records and MLflow entries."""
 
-    status: str  # "finished" or "diverged"
+    status: Status  # finished or diverged (a crash is recorded by train.py as failed)
     layers: dict[str, np.ndarray]  # column -> values, one row per (step, layer)
     curve: dict[str, list[float]] = field(default_factory=dict)  # one row per evaluation
     steps_done: int = 0
@@ -111,7 +112,7 @@ def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
     curve: dict[str, list[float]] = {
         k: [] for k in ("step", "train_loss", "val_loss", "val_accuracy")
     }
-    outcome = Outcome(status="finished", layers={})
+    outcome = Outcome(status=Status.finished, layers={})
     batches = batch_indices(len(x_train), cfg.train.batch_size, batch_gen)
     last_eval = 0
     clip = cfg.optim.clip_norm
@@ -135,7 +136,7 @@ def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
             continue
         finite = torch.isfinite(losses[:step])
         if not bool(finite.all()):
-            outcome.status = "diverged"
+            outcome.status = Status.diverged
             outcome.diverged_at_step = int((~finite).nonzero()[0].item()) + 1
             outcome.steps_done = step
             break
@@ -154,7 +155,7 @@ def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
         outcome.steps_done = steps
 
     train_time = time.perf_counter() - t0 - probe_time
-    if outcome.status == "finished" and steps > 0:
+    if outcome.status is Status.finished and steps > 0:
         test_loss, test_acc = evaluate(model, tensors["x_test"], tensors["y_test"])
         val_loss, val_acc = evaluate(model, tensors["x_val"], tensors["y_val"])
     else:  # diverged, or probe-only (nothing was trained to evaluate)

@@ -19,11 +19,16 @@ from study.config import Activation, Init, ModelConfig, Norm, Skip
 # --------------------------------------------------------------------------- activations
 
 
+# The activation families the claims and statistics speak of: "saturating" (sigmoid, tanh),
+# "relu" (the ReLU family: relu, leaky_relu, prelu, elu), "smooth" (gelu, selu).
+FAMILIES = ("saturating", "relu", "smooth")
+
+
 @dataclass(frozen=True)
 class ActivationSpec:
     make: Callable[[], nn.Module]
     negative_slope: float  # used by kaiming init; 0 for everything but the leaky ones
-    family: str  # "saturating" (sigmoid, tanh), "relu" (the ReLU family), "smooth"
+    family: str  # one of FAMILIES
     # phi'(u) for the saturated-fraction statistic; saturating activations only.
     derivative: Callable[[torch.Tensor], torch.Tensor] | None = None
     max_derivative: float = 1.0
@@ -50,6 +55,14 @@ ACTIVATIONS: dict[Activation, ActivationSpec] = {
     Activation.gelu: ActivationSpec(nn.GELU, 0.0, "smooth"),
     Activation.selu: ActivationSpec(nn.SELU, 0.0, "smooth"),
 }
+
+
+def family(name: str) -> tuple[str, ...]:
+    """The activations of a family (see FAMILIES), in the order of ``Activation``."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown activation family {name!r}, expected one of {FAMILIES}")
+    return tuple(str(a) for a, spec in ACTIVATIONS.items() if spec.family == name)
+
 
 # --------------------------------------------------------------------------------- inits
 
@@ -78,18 +91,31 @@ INITS: dict[Init, Callable[[torch.Tensor, float], None] | None] = {
 }
 
 
+# The variances these give (the mean-field sigma_w^2 and sigma_b^2 of study.theory) are
+# written here, beside the inits, and nowhere else.
+
+
 def sigma_w2(init: Init, activation: Activation, fan_in: int, fan_out: int) -> float:
-    """fan_in * Var(W) that an init gives a Linear(fan_in, fan_out): the mean-field sigma_w^2."""
-    slope = ACTIVATIONS[activation].negative_slope
+    """fan_in * Var(W) that an init gives a Linear(fan_in, fan_out): the mean-field sigma_w^2.
+
+    Orthogonal (gain 1): a tall matrix (fan_out >= fan_in) has orthonormal columns, so each
+    entry has variance 1/fan_out; a wide one has orthonormal rows, variance 1/fan_in.
+    """
+    slope = ACTIVATIONS[Activation(activation)].negative_slope
     return {
-        Init.default: 1.0 / 3.0,
+        Init.default: 1.0 / 3.0,  # kaiming_uniform(a=sqrt(5)): bound 1/sqrt(fan_in)
         Init.xavier_uniform: 2.0 * fan_in / (fan_in + fan_out),
         Init.xavier_normal: 2.0 * fan_in / (fan_in + fan_out),
         Init.kaiming_uniform: 2.0 / (1.0 + slope**2),
         Init.kaiming_normal: 2.0 / (1.0 + slope**2),
-        Init.orthogonal: 1.0 if fan_out >= fan_in else fan_in / fan_out,
+        Init.orthogonal: fan_in / fan_out if fan_out >= fan_in else 1.0,
         Init.lecun_normal: 1.0,
-    }[init]
+    }[Init(init)]
+
+
+def sigma_b2(init: Init, fan_in: int) -> float:
+    """Var(b) of a Linear's bias: zero, except PyTorch's default uniform(+-1/sqrt(fan_in))."""
+    return 1.0 / (3.0 * fan_in) if Init(init) is Init.default else 0.0
 
 
 def linear(fan_in: int, fan_out: int, init: Init, activation: Activation) -> nn.Linear:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from study.config import LAYER_STATS, Activation, Schedule
 from study.nets import ACTIVATIONS, MLP
+from study.records import SUMMARY_STATS
 
 # The per-layer columns of layers.parquet, in order (besides ``step`` and ``layer``).
 STATS = LAYER_STATS
@@ -207,9 +208,5 @@ def profile_summary(norms: np.ndarray) -> dict[str, float | int | bool]:
         rate = float(np.polyfit(distance, np.log10(vals[keep]), 1)[0])
     else:
         rate = math.nan
-    return {
-        "log10_first_last": first_last,
-        "first_last_censored": censored,
-        "log10_rate": rate,
-        "n_zero": n_zero,
-    }
+    values = (first_last, censored, rate, n_zero)
+    return dict(zip(SUMMARY_STATS, values, strict=True))

@@ -8,6 +8,7 @@ last: its presence with ``status`` set is what marks a run as recorded.
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import json
@@ -31,6 +32,32 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules a run's numbers and record come from. The later stages (collect, analyze, ...)
 # and the MLflow mirror are left out: editing them must not invalidate thousands of cells.
 RUN_MODULES = ("config.py", "data.py", "loop.py", "nets.py", "probes.py", "records.py", "train.py")
+
+
+class Status(enum.StrEnum):
+    """How a run ended: the ``status`` of its record."""
+
+    finished = "finished"
+    diverged = "diverged"  # a non-finite loss: a result, with its statistics up to then
+    failed = "failed"  # the job crashed: recorded with its error, retried on the next run
+
+
+RESULT_STATUSES = (Status.finished, Status.diverged)  # a run that measured something
+
+# Each run's profile summaries (``study.probes.profile_summary``) of both gradients at two
+# points: the column ``{gradient}_{stat}_{when}`` of run.json's summary and runs.parquet.
+SUMMARY_STATS = ("log10_first_last", "first_last_censored", "log10_rate", "n_zero")
+GRADIENTS = ("signal", "weight")
+WHEN = ("init", "final")  # at initialization; at the last probe
+
+
+def summary_column(gradient: str, stat: str, when: str) -> str:
+    return f"{gradient}_{stat}_{when}"
+
+
+SUMMARY_COLUMNS = tuple(
+    summary_column(g, s, w) for w in WHEN for g in GRADIENTS for s in SUMMARY_STATS
+)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -38,7 +38,7 @@ class Profile(enum.StrEnum):
 
 # The sweeps of a profile, in pipeline order (dvc.yaml stages sweep_<name>). They live here,
 # not in study.config, so that adding a sweep leaves every run's code_version unchanged.
-SWEEPS = ("init", "train", "optim", "scale")
+SWEEPS = ("init", "train", "optim", "scale", "theory")
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:

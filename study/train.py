@@ -46,11 +46,11 @@ from study.config import (
     validate,
 )
 from study.probes import profile_summary
+from study.records import GRADIENTS, RESULT_STATUSES, Status, summary_column
 
 log = logging.getLogger("study.train")
 
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
-RESULT_STATUSES = ("finished", "diverged")  # a failed cell is retried on the next run
+MLFLOW_STATUS = {Status.finished: "FINISHED", Status.diverged: "FINISHED", Status.failed: "FAILED"}
 MLFLOW_MARKER = ".mlflow_run"  # the run id, written as soon as the MLflow run exists
 
 
@@ -77,9 +77,9 @@ def summarize(layers: dict[str, np.ndarray]) -> dict[str, Any]:
     """Profile summaries for both gradients at initialization and at the last probe."""
     out: dict[str, Any] = {}
     for when, rows in profile_points(layers):
-        for grad in ("signal", "weight"):
+        for grad in GRADIENTS:
             for name, value in profile_summary(layers[f"{grad}_grad_norm"][rows]).items():
-                out[f"{grad}_{name}_{when}"] = value
+                out[summary_column(grad, name, when)] = value
     return out
 
 
@@ -171,7 +171,7 @@ def execute(
         outcome = loop.run(model, splits, cfg, device)
         status = outcome.status
     except Exception as exc:  # noqa: BLE001 - any crash is recorded, then reported
-        status = "failed"
+        status = Status.failed
         record["error"] = "".join(traceback.format_exception_only(exc)).strip()
         record["traceback"] = traceback.format_exc()
 

@@ -21,27 +21,30 @@ from .conftest import CONF, ROOT
 
 # The grid sizes of README "Sweeps" (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
-    "standard": {"init": 6_048, "train": 1_296, "optim": 576, "scale": 384},
-    "quick": {"init": 64, "train": 16, "optim": 8, "scale": 24},
-    "full": {"init": 53_760, "train": 8_640, "optim": 2_160, "scale": 6_400},
+    "standard": {"init": 6_048, "train": 1_296, "optim": 576, "scale": 384, "theory": 336},
+    "quick": {"init": 64, "train": 16, "optim": 8, "scale": 24, "theory": 12},
+    "full": {"init": 53_760, "train": 8_640, "optim": 2_160, "scale": 6_400, "theory": 5_760},
 }
 PRESETS = [(profile, sweep) for profile in CELLS for sweep in SWEEPS]
 
 
 def grid(profile: str, sweep: str):
-    """The composed preset (with its Hydra part), the job's typed config, and the grid:
-    {key: [typed values]}."""
+    """The composed preset (with its Hydra part), the job's typed config, and its grids
+    (one, or the union ``hydra.sweeper.grids`` declares): [{key: [typed values]}]."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         overrides = [f"+sweep={profile}/{sweep}"]
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
         job = compose(config_name="config", overrides=overrides)
     parser = OverridesParser.create()
-    axes = {}
-    for key, values in cfg.hydra.sweeper.params.items():
-        [override] = parser.parse_overrides([f"{key}={values}"])
-        sweep = override.is_sweep_override()
-        axes[key] = list(override.sweep_iterator()) if sweep else [override.value()]
-    return cfg, job, axes
+    grids = []
+    for own in cfg.hydra.sweeper.get("grids") or [{}]:
+        axes = {}
+        for key, values in {**cfg.hydra.sweeper.params, **own}.items():
+            [override] = parser.parse_overrides([f"{key}={values}"])
+            sweep = override.is_sweep_override()
+            axes[key] = list(override.sweep_iterator()) if sweep else [override.value()]
+        grids.append(axes)
+    return cfg, job, grids
 
 
 def test_the_profiles_and_sweeps_are_the_preset_files():
@@ -54,8 +57,8 @@ def test_the_profiles_and_sweeps_are_the_preset_files():
 
 @pytest.mark.parametrize(("profile", "sweep"), PRESETS)
 def test_preset_grid_is_valid_and_names_every_cell(profile, sweep):
-    cfg, job, axes = grid(profile, sweep)
-    assert math.prod(len(v) for v in axes.values()) == CELLS[profile][sweep]
+    cfg, job, grids = grid(profile, sweep)
+    assert sum(math.prod(len(v) for v in axes.values()) for axes in grids) == CELLS[profile][sweep]
     assert cfg.hydra.sweep.dir == f"multirun/{profile}/{sweep}"
     raw = OmegaConf.to_container(cfg, resolve=False)
     assert raw["hydra"]["sweep"]["subdir"] == "${run_name}"  # a rerun finds its records
@@ -63,10 +66,10 @@ def test_preset_grid_is_valid_and_names_every_cell(profile, sweep):
     assert cfg.tracking.experiment == expected
     # A cell's name (its folder and MLflow run) must change with every swept key.
     template = raw["run_name"]
-    for key in axes:
+    for key in {key for axes in grids for key in axes}:
         assert "${" + key + "}" in template or "${" + key + "." in template, key
     # Every value of the grid is valid on its own (the sweeper checks the same at launch).
-    for key, values in axes.items():
+    for key, values in ((k, v) for axes in grids for k, v in axes.items()):
         if OmegaConf.is_config(OmegaConf.select(job, key)):
             continue  # a config group (optim: sgd,adamw): the pipeline tests compose those
         for value in values:

@@ -8,7 +8,11 @@ Same grid syntax and ``hydra.sweeper.params`` as the basic sweeper. The differen
   yet) writes nothing;
 - the sweep is bookkept by ``study.sweep``: the MLflow schema, experiment and parent run
   exist before the workers start, and the end prints a summary naming every failure;
-- a failed job does not raise: it is recorded and counted, and the sweep goes on.
+- a failed job does not raise: it is recorded and counted, and the sweep goes on;
+- ``hydra.sweeper.grids`` (optional) makes the sweep a union of grids: each entry's keys
+  are set over ``params`` (the axes all grids share) and spans a grid of its own, so one
+  sweep can hold cells that would be waste in a single product (batch-norm cells at
+  several probe batch sizes beside residual cells at several residual scales).
 """
 
 import copy
@@ -23,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from study import sweep as bookkeeping
-from study.config import Config, validate
+from study.config import Config, ConfigError, validate
 from study.data import require_prepared
 
 from .compose import Planner, task_view
@@ -35,6 +39,7 @@ class StudySweeperConf:
     _target_: str = "hydra_plugins.study_sweeps.study_sweeper.StudySweeper"
     max_batch_size: int | None = None  # jobs handed to the launcher at once; null = all
     params: dict[str, str] | None = None  # the grid: key -> "v1,v2,..." as on the command line
+    grids: list[dict[str, Any]] | None = None  # a union of grids, each over ``params``
 
 
 ConfigStore.instance().store(
@@ -49,8 +54,33 @@ def check(cfg: Config) -> None:
 
 
 class StudySweeper(BasicSweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None):
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, Any]] | None = None,
+    ):
         super().__init__(max_batch_size=max_batch_size, params=params)
+        self.grids = [dict(g) for g in grids] if grids else [{}]
+
+    def jobs(self, arguments: list[str]) -> list[list[list[str]]]:
+        """The batches of every grid (command-line values replace a preset's for a key)."""
+        assert self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        shared = self._parse_config()
+        batches, seen = [], set()
+        for grid in self.grids:
+            own = [f"{key}={value}" for key, value in grid.items()]
+            overrides = parser.parse_overrides([*shared, *own, *arguments])
+            for batch in self.split_arguments(overrides, self.max_batch_size):
+                for job in batch:
+                    cell = tuple(sorted(job))
+                    if cell in seen:
+                        where = "hydra.sweeper.grids"
+                        raise ConfigError(where, f"{' '.join(cell)} is in more than one grid")
+                    seen.add(cell)
+                batches.append(batch)
+        return batches
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Every distinct value, set on its template, passes the schema and ``validate``."""
@@ -74,10 +104,7 @@ class StudySweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
-        assert self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        self.overrides = self.jobs(arguments)
         for batch in self.overrides:  # all of it, before any work
             self.validate_batch_is_legal(batch)
 
