@@ -1,15 +1,18 @@
-"""Statistics: bootstrap intervals over seeds, factorial models, paired tests, corrections.
+"""Statistics: intervals that cover at 3 seeds, tests whose unit is the cell, Holm's
+correction, and descriptive factorial models.
 
-Seeds are the replication unit. Every random choice here (bootstrap resamples) comes from a
-``numpy.random.Generator`` seeded by the caller, so an analysis is reproducible bit for bit.
+Two levels of replication. Seeds replicate a cell (one configuration): its mean gets a
+Student-t interval over the seeds, which covers at its nominal rate with 3 seeds (a
+percentile bootstrap over 3 seeds covers about 76%). A claim about a population of
+configurations is tested over its cells: each cell enters once, as its seed mean (or a
+matched difference of seed means), and the test is a one-sample t-test over those cell
+values -- for a balanced design the same as a mixed model with the cell as a random
+effect. Pooling cell x seed pairs instead would treat the near-identical seeds of one cell
+as independent evidence, so the p-value would measure the size of the grid.
 
-Censored values: a log10 first/last gradient ratio whose first-layer gradient underflowed
-to zero is only an upper bound (``study.probes``). The rank tests below take the bound as
-the value: every censored ratio is smaller than the bound and (being an underflow) below any
-uncensored ratio of the comparison, so its rank -- the only thing the test uses -- is right,
-or conservative where both members of a pair are censored (their difference is then set to
-zero and dropped, as Wilcoxon's zero-difference rule does). Means and intervals of censored
-columns are reported with the count of censored values beside them, as bounds.
+Censored values: a log10 first/last ratio whose first-layer gradient underflowed to zero is
+only an upper bound (``study.probes``); the per-layer rates leave zero gradients out of
+their fit and are what the claims use.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from scipy import stats
 from statsmodels.stats.anova import anova_lm
 
 LEVEL = 0.95
-N_BOOT = 2000
 
 
 @dataclass(frozen=True)
@@ -34,21 +36,67 @@ class Interval:
     high: float
 
 
-def bootstrap_mean(
-    values: Sequence[float] | np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT,
-    level: float = LEVEL,
-) -> Interval:  # fmt: skip
-    """Mean and percentile-bootstrap interval; NaNs are dropped, one value gives a point."""
+def t_interval(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> Interval:
+    """Mean and Student-t interval; NaNs are dropped; fewer than two values give no bounds."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return Interval(np.nan, np.nan, np.nan)
-    if len(x) == 1:
-        return Interval(float(x[0]), float(x[0]), float(x[0]))
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return Interval(float(x.mean()), float(low), float(high))
+    mean = float(x.mean())
+    if len(x) < 2:
+        return Interval(mean, np.nan, np.nan)
+    half = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return Interval(mean, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class UnitTest:
+    """A one-sample t-test over units (cells): is their mean different from ``null``?"""
+
+    n: int
+    effect: Interval  # the mean over units, with its t-interval
+    statistic: float  # t
+    df: int
+    pvalue: float  # two-sided
+
+
+def t_test(
+    values: Sequence[float] | np.ndarray, null: float = 0.0, level: float = LEVEL
+) -> UnitTest:
+    """Two-sided one-sample t-test of the mean of ``values`` against ``null``.
+
+    Units with identical values give no variance: p is 1 when they sit on the null and 0
+    when they all sit off it (the effect is then exact, e.g. a closed form measured)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    interval = t_interval(x, level)
+    if n < 2:
+        return UnitTest(n, interval, np.nan, max(n - 1, 0), np.nan)
+    sd = x.std(ddof=1)
+    if sd == 0:
+        off = not np.isclose(x[0], null)
+        return UnitTest(n, interval, np.inf if off else 0.0, n - 1, 0.0 if off else 1.0)
+    t = (x.mean() - null) / (sd / np.sqrt(n))
+    return UnitTest(n, interval, float(t), n - 1, float(2 * stats.t.sf(abs(t), n - 1)))
+
+
+def slope_test(x: np.ndarray, y: np.ndarray, null: float = 0.0, level: float = LEVEL) -> UnitTest:
+    """Least-squares slope of y on x, with its t-interval and the two-sided test of
+    slope = ``null`` (residual degrees of freedom n - 2); the units are the (x, y) points."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = np.asarray(x, float)[keep], np.asarray(y, float)[keep]
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0:
+        return UnitTest(n, Interval(np.nan, np.nan, np.nan), np.nan, max(n - 2, 0), np.nan)
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf((1 + level) / 2, n - 2) * fit.stderr
+    interval = Interval(float(fit.slope), fit.slope - half, fit.slope + half)
+    if fit.stderr == 0:
+        off = not np.isclose(fit.slope, null)
+        return UnitTest(n, interval, np.inf if off else 0.0, n - 2, 0.0 if off else 1.0)
+    t = (fit.slope - null) / fit.stderr
+    return UnitTest(n, interval, float(t), n - 2, float(2 * stats.t.sf(abs(t), n - 2)))
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -65,44 +113,6 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class PairedTest:
-    n: int  # pairs with a nonzero difference (Wilcoxon's count)
-    statistic: float
-    pvalue: float
-    median_difference: float
-    difference: Interval  # mean paired difference, bootstrap interval over pairs
-    rank_biserial: float  # matched-pairs rank-biserial correlation, in [-1, 1]
-
-
-def paired_wilcoxon(
-    a: np.ndarray, b: np.ndarray, rng: np.random.Generator, alternative: str = "greater"
-) -> PairedTest:
-    """Wilcoxon signed-rank test of a - b over matched pairs (a cell and seed each).
-
-    ``alternative='greater'``: a tends to exceed b. Pairs with a non-finite member are
-    dropped; zero differences are dropped (Wilcoxon's rule).
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
-    nonzero = d[d != 0]
-    if len(nonzero) < 2:
-        return PairedTest(len(nonzero), np.nan, np.nan, np.nan, Interval(np.nan, np.nan, np.nan),
-                          np.nan)  # fmt: skip
-    result = stats.wilcoxon(nonzero, alternative=alternative, method="auto")
-    ranks = stats.rankdata(np.abs(nonzero))
-    plus, minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
-    return PairedTest(
-        n=len(nonzero),
-        statistic=float(result.statistic),
-        pvalue=float(result.pvalue),
-        median_difference=float(np.median(d)),
-        difference=bootstrap_mean(d, rng),
-        rank_biserial=float((plus - minus) / (plus + minus)),
-    )
-
-
 def factorial_model(
     frame: pd.DataFrame, response: str, factors: Sequence[str],
     interactions: Sequence[tuple[str, str]] = (),
@@ -112,8 +122,13 @@ def factorial_model(
     Returns one row per term: sum of squares, df, F, p-value and partial eta squared
     (SS_term / (SS_term + SS_residual)). Rows with a non-finite response are dropped;
     factors with a single level are left out of the model (they cannot be estimated).
+    Descriptive: the responses are heavy-tailed and the rows are runs.
     """
-    data = _model_data(frame, response, factors)
+    data = frame[[response, *factors]].copy()
+    data[response] = data[response].astype(float)
+    data = data[np.isfinite(data[response])]
+    for f in factors:
+        data[f] = data[f].astype(str)
     used = [f for f in factors if data[f].nunique() > 1]
     terms = [f"C({f})" for f in used]
     terms += [f"C({x}):C({y})" for x, y in interactions if x in used and y in used]
@@ -127,38 +142,3 @@ def factorial_model(
     table = table.rename(columns={"PR(>F)": "pvalue"}).reset_index(names="term")
     table["term"] = table["term"].str.replace(r"C\((\w+)\)", r"\1", regex=True)
     return table[["term", "sum_sq", "df", "F", "pvalue", "partial_eta_sq"]]
-
-
-def nested_f_test(
-    frame: pd.DataFrame, response: str, full: Sequence[str], dropped: Sequence[str]
-) -> tuple[float, float]:
-    """Does a factor matter at all? (partial eta squared, p-value) of the terms ``dropped``
-    together -- e.g. a factor and its interactions -- by an F-test of the OLS model with
-    ``full`` terms against the model without them. Terms are formula terms over
-    categorical columns, like ``"lr"`` or ``"setup:lr"``; rows with a non-finite response
-    are dropped."""
-    data = _model_data(frame, response, sorted({c for t in full for c in t.split(":")}))
-
-    def formula(terms: Sequence[str]) -> str:
-        rhs = " + ".join(":".join(f"C({c})" for c in t.split(":")) for t in terms)
-        return f"{response} ~ {rhs or '1'}"
-
-    big = smf.ols(formula(full), data=data).fit()
-    small = smf.ols(formula([t for t in full if t not in dropped]), data=data).fit()
-    extra = small.ssr - big.ssr
-    df_extra = small.df_resid - big.df_resid
-    if df_extra <= 0 or big.df_resid <= 0:
-        return np.nan, np.nan
-    f_value = (extra / df_extra) / (big.ssr / big.df_resid)
-    pvalue = float(stats.f.sf(f_value, df_extra, big.df_resid))
-    return float(extra / (extra + big.ssr)), pvalue
-
-
-def _model_data(frame: pd.DataFrame, response: str, factors: Sequence[str]) -> pd.DataFrame:
-    """The rows with a finite response, the response as float and the factors as labels."""
-    data = frame[[response, *factors]].copy()
-    data[response] = data[response].astype(float)
-    data = data[np.isfinite(data[response])]
-    for f in factors:
-        data[f] = data[f].astype(str)
-    return data

@@ -19,18 +19,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import collect
+from study.verdicts import VERDICTS
 
 from .conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-QUICK = {"init": 64, "train": 16, "optim": 8, "scale": 24}  # conf/sweep/quick/*.yaml
+QUICK = {"init": 64, "train": 16, "optim": 8, "scale": 24, "theory": 12}  # conf/sweep/quick/*.yaml
 STAGES = (
     "prepare",
     "sweep_init",
     "sweep_train",
     "sweep_optim",
     "sweep_scale",
+    "sweep_theory",
     "collect",
     "analyze",
 )
@@ -115,7 +117,7 @@ def test_metrics_show_prints_the_collect_counts(repo):
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
     [workspace] = shown.values()
     counts = workspace["data"]["results/metrics/collect.json"]["data"]
-    assert counts["all"] == {"runs": 112, "finished": 112, "diverged": 0, "failed": 0}
+    assert counts["all"] == {"runs": 124, "finished": 124, "diverged": 0, "failed": 0}
     assert {k: v["runs"] for k, v in counts.items() if k != "all"} == QUICK
 
 
@@ -194,12 +196,15 @@ def test_analyze_writes_every_result_and_is_deterministic(repo):
     for n in names:
         assert (repo / "results" / "analysis-again" / f"{n}.parquet").read_bytes() == first[n]
     verdicts = json.loads((out / "claims.json").read_text())
-    assert set(verdicts) == {f"C{i}" for i in range(1, 15)}
-    allowed = {"supported", "refuted", "inconclusive", "not tested"}
-    assert {v["verdict"] for v in verdicts.values()} <= allowed
+    assert set(verdicts) == {f"C{i}" for i in range(1, 20)}
+    assert {v["verdict"] for v in verdicts.values()} <= set(VERDICTS)
     claims = pd.read_parquet(out / "claims.parquet")
     assert set(claims["claim"]) == set(verdicts)
-    untested = claims[claims["verdict"] == "not tested"]
+    target = claims[claims["carries_verdict"]]
+    assert set(target["role"]) == {"target"} and set(target["verdict"]) <= set(VERDICTS)
+    assert (claims.loc[~claims["carries_verdict"], "verdict"] == "").all()
+    assert claims["stratum"].notna().all()
+    untested = target[target["verdict"] == "not tested"]
     assert untested["note"].str.startswith("not tested: ").all()
     rates = pd.read_parquet(out / "decay_rates.parquet")
     relu_he = rates.query("sweep == 'init' and activation == 'relu' and init == 'kaiming_normal'"

@@ -5,27 +5,38 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from study import stats
 
 
-def test_bootstrap_interval_covers_the_true_mean_at_about_the_nominal_rate():
-    # 400 samples of 20 draws from N(1, 1): a 95% percentile interval misses ~5-7% of the
-    # time at this size. With 400 repetitions the binomial s.d. of the coverage is ~1.1%.
-    rng = np.random.default_rng(1)
-    covered = [
-        (iv.low <= 1.0 <= iv.high)
-        for iv in (stats.bootstrap_mean(rng.normal(1.0, 1.0, 20), rng, n_boot=1000)
-                   for _ in range(400))
-    ]  # fmt: skip
-    assert 0.90 <= np.mean(covered) <= 0.98
+def test_t_interval_is_the_student_interval_and_needs_two_values():
+    x = np.array([1.0, 2.0, 4.0])
+    iv = stats.t_interval(x)
+    half = scipy_stats.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
+    assert (iv.estimate, iv.low, iv.high) == pytest.approx((7 / 3, 7 / 3 - half, 7 / 3 + half))
+    one = stats.t_interval([5.0, np.nan])
+    assert one.estimate == 5.0 and np.isnan(one.low) and np.isnan(one.high)
 
 
-def test_bootstrap_is_reproducible_with_the_same_seed():
-    x = np.random.default_rng(0).normal(size=7)
-    first = stats.bootstrap_mean(x, np.random.default_rng(42))
-    again = stats.bootstrap_mean(x, np.random.default_rng(42))
-    assert first == again and first.low < first.estimate < first.high
+def test_t_test_matches_scipy_and_handles_constant_units():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.3, 1.0, 12)
+    ours = stats.t_test(x, null=0.1)
+    theirs = scipy_stats.ttest_1samp(x, 0.1)
+    assert ours.pvalue == pytest.approx(theirs.pvalue) and ours.df == 11 and ours.n == 12
+    assert stats.t_test([0.5, 0.5, 0.5]).pvalue == 0.0  # exact, off the null
+    assert stats.t_test([0.0, 0.0]).pvalue == 1.0  # exact, on it
+    assert np.isnan(stats.t_test([1.0]).pvalue)
+
+
+def test_slope_test_recovers_a_known_slope_and_tests_against_a_null():
+    rng = np.random.default_rng(2)
+    x = np.repeat([1.0, 2.0], 6)
+    y = 0.4 * x + rng.normal(0, 0.01, 12)
+    fit = stats.slope_test(x, y)
+    assert fit.effect.low < 0.4 < fit.effect.high and fit.pvalue < 1e-6 and fit.df == 10
+    assert stats.slope_test(x, y, null=0.4).pvalue > 0.01
 
 
 def test_holm_matches_a_hand_computed_example():
@@ -46,13 +57,3 @@ def test_a_factor_without_effect_gets_partial_eta_squared_near_zero():
     eta = table.set_index("term")["partial_eta_sq"]
     assert eta["a"] > 0.7
     assert eta["b"] < 0.03 and eta["a:b"] < 0.05
-
-
-def test_wilcoxon_finds_a_shift_and_not_its_absence():
-    rng = np.random.default_rng(5)
-    base = rng.normal(size=30)
-    shifted = stats.paired_wilcoxon(base + 0.8 + rng.normal(0, 0.3, 30), base, rng)
-    assert shifted.pvalue < 1e-4 and shifted.rank_biserial > 0.8
-    assert shifted.difference.low < 0.8 < shifted.difference.high
-    null = stats.paired_wilcoxon(base + rng.normal(0, 0.3, 30), base, rng)
-    assert null.pvalue > 0.01

@@ -1,0 +1,190 @@
+"""What the claims compare: per-run outcomes and the per-cell tables built from them.
+
+A *cell* is one configuration (every axis but the seed); its value is the mean over its
+seeds. The claims' tests run over cells (``study.verdicts``), so this module is where a
+run's numbers become a cell's, and where every outcome a claim names is defined once
+(:data:`OUTCOMES`). Divergence is its own outcome (``finite``): a diverged run has no
+accuracy and no steps to target, rather than a zero inside a mean.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+
+from study import nets, theory
+from study.probes import profile_summary
+from study.records import Status, summary_column
+
+STABLE_ACCURACY = 0.5  # a learning rate is stable if the run finished with this accuracy
+
+# outcome column -> what it is (its unit follows the colon); the README and the claims'
+# "measurement" text use these words.
+OUTCOMES = {
+    "signal_rate": "per-layer log10 signal-gradient rate at init (< 0 vanishing): decades/layer",
+    "flatness": "-|signal_rate|, distance from a flat profile negated (0 = flat): decades/layer",
+    "first_last": "log10(g_1/g_L) of the signal gradient at init: decades",
+    "weight_rate": "per-layer log10 weight-gradient rate at init: decades/layer",
+    "activation_rms_rate": "per-layer log10 rate of the layers' output RMS at init: decades/layer",
+    "dead_final": "fraction of units never positive on the probe batch, mean over layers, "
+    "at the last probe: fraction",
+    "relative_mean_final": "|mean| / RMS of the layers' outputs, mean over layers, at the last "
+    "probe: fraction of RMS",
+    "accuracy": "test accuracy at the end of training, finished runs only: accuracy",
+    "finite": "1 - divergence rate (the loss stayed finite): fraction of seeds",
+    "steps_needed": "steps to the target validation accuracy (never = budget + 1), finished "
+    "runs only: steps",
+    "weight_grad_level": "median over layers of log10 ||dL/dW_l|| at init: decades",
+    # per configuration over a swept level (the derived tables of ``frames``):
+    "max_stable_log10_lr": "log10 of the largest learning rate that finishes with test "
+    f"accuracy >= {STABLE_ACCURACY} (none: half a decade below the grid): decades of lr",
+    "depth_accuracy_gap": "accuracy at the deepest minus at the shallowest depth: accuracy",
+    "weight_grad_shrink": "weight_grad_level at the largest minus at the smallest input "
+    "scale: decades",
+}
+
+# Derived factors: a column made of two axes, matched as one.
+COMBINED = {"norm_skip": ("norm", "skip")}
+
+# The axes that tell a table's cells apart (besides the seed).
+MODEL_KEYS = ("activation", "init", "norm", "skip", "depth")
+FRAME_KEYS = {
+    "init": MODEL_KEYS,
+    "train": MODEL_KEYS,
+    "init_runs": (*MODEL_KEYS, "seed"),
+    "optim": ("setup", "norm", "skip", "init", "lr"),
+    "optim_runs": ("setup", "norm", "skip", "init", "lr", "seed"),
+    "lr_range": ("setup", "norm", "skip", "init"),
+    "degradation": ("activation", "init", "norm", "skip"),
+    "scale_shrink": ("activation", "init", "skip", "depth"),
+}
+
+# Well initialized: the plain net of the same activation, init and depth has a mean-field
+# per-layer rate within 0.02 decades/layer of flat (chi within [0.91, 1.10]).
+WELL_INITIALIZED = 0.02
+
+
+def run_values(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> pd.DataFrame:
+    """The runs that measured something, with every outcome of :data:`OUTCOMES`."""
+    runs = runs[runs["status"] != Status.failed].copy()
+    finished = runs["status"] == Status.finished
+    runs["signal_rate"] = runs[summary_column("signal", "log10_rate", "init")]
+    runs["flatness"] = -runs["signal_rate"].abs()
+    runs["first_last"] = runs[summary_column("signal", "log10_first_last", "init")]
+    runs["weight_rate"] = runs[summary_column("weight", "log10_rate", "init")]
+    runs["accuracy"] = runs["test_accuracy"].where(finished)
+    runs["finite"] = finished.astype(float)
+    never = (runs["steps"] + 1).astype(float)
+    steps = runs["steps_to_target"].astype("Float64").astype(float)
+    runs["steps_needed"] = steps.fillna(never).where(finished)
+    per_run = _layer_outcomes(layers)
+    runs = runs.merge(per_run, on=["sweep", "run_name"], how="left")
+    runs["family"] = runs["activation"].map(_family_of()).astype("category")
+    runs["norm_skip"] = runs["norm"].astype(str) + "+" + runs["skip"].astype(str)
+    runs["setup"] = runs["optimizer"].astype(str) + np.where(runs["clip_norm"].notna(), "+clip", "")
+    runs["init_quality"] = [
+        _init_quality(r.activation, r.init, r.depth, r.width, num_features[str(r.dataset)])
+        for r in runs[["activation", "init", "depth", "width", "dataset"]].itertuples()
+    ]
+    return runs
+
+
+def _layer_outcomes(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per run: dead units and centring at the last probe; the weight-gradient level and
+    the activation-RMS rate at init."""
+    run = ["sweep", "run_name"]
+    last = layers[layers["step"] == layers.groupby(run, observed=True)["step"].transform("max")]
+    last = last.assign(relative_mean=np.abs(last["activation_mean"]) / last["activation_rms"])
+    final = last.groupby(run, observed=True).agg(
+        dead_final=("dead_fraction", "mean"), relative_mean_final=("relative_mean", "mean")
+    )
+    at_init = layers[layers["step"] == 0]
+    # The median ignores the layers whose gradient underflowed to 0 (-inf) at the input end
+    # of a deep vanishing net, as long as they are fewer than half.
+    with np.errstate(divide="ignore"):
+        at_init = at_init.assign(log_weight=np.log10(at_init["weight_grad_norm"]))
+    grouped = at_init.groupby(run, observed=True)
+    level = grouped["log_weight"].median().rename("weight_grad_level")
+    rms = grouped["activation_rms"].apply(
+        lambda s: profile_summary(s.to_numpy())["log10_rate"]
+    ).rename("activation_rms_rate")  # fmt: skip
+    return pd.concat([final, level, rms], axis=1).reset_index()
+
+
+@functools.cache
+def _family_of() -> dict[str, str]:
+    return {a: f for f in nets.FAMILIES for a in nets.family(f)}
+
+
+@functools.cache
+def _init_quality(activation: str, init: str, depth: int, width: int, features: int) -> str:
+    """ "well" or "badly" initialized, by the mean-field rate of the plain net."""
+    p = theory.predict(activation, init, "none", "none", int(depth), int(width), features)
+    return "well" if abs(p.log10_rate) <= WELL_INITIALIZED else "badly"
+
+
+def cells(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Seed means of every outcome, one row per cell; descriptive columns carried along."""
+    carried = [c for c in ("family", "norm_skip", "init_quality") if c not in keys]
+    values = [c for c in OUTCOMES if c in runs]
+    grouped = runs.groupby(list(keys), observed=True, sort=True)
+    out = grouped[values].mean()
+    out["n_seeds"] = grouped.size()
+    for column in carried:
+        if column in runs:
+            out[column] = grouped[column].first()
+    return out.reset_index()
+
+
+def frames(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> dict:
+    """Every table a claim reads (:data:`FRAME_KEYS`), cells unless named ``*_runs``."""
+    values = run_values(runs, layers, num_features)
+    sweep = {name: values[values["sweep"] == name] for name in values["sweep"].cat.categories}
+    out = {
+        "init": cells(sweep["init"], FRAME_KEYS["init"]),
+        "train": cells(sweep["train"], FRAME_KEYS["train"]),
+        "init_runs": sweep["init"],
+        "optim": cells(sweep["optim"], FRAME_KEYS["optim"]),
+        "optim_runs": sweep["optim"],
+        "lr_range": lr_range(sweep["optim"]),
+    }
+    out["degradation"] = level_gap(out["train"], "depth", "accuracy", "depth_accuracy_gap",
+                                   FRAME_KEYS["degradation"])  # fmt: skip
+    scale = cells(sweep["scale"], (*FRAME_KEYS["scale_shrink"], "input_scale"))
+    out["scale_shrink"] = level_gap(scale, "input_scale", "weight_grad_level",
+                                    "weight_grad_shrink", FRAME_KEYS["scale_shrink"])  # fmt: skip
+    return out
+
+
+def lr_range(optim: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer setup, norm, skip and init: the largest stable log10 learning rate
+    (none stable: half a decade below the grid), the fraction of the grid that stayed
+    finite, and the fewest steps to the target over the grid; per seed, then seed means."""
+    if optim.empty:
+        return pd.DataFrame(columns=[*FRAME_KEYS["lr_range"], "max_stable_log10_lr"])
+    log_lr = np.log10(optim["lr"])
+    stable = (optim["status"] == Status.finished) & (optim["accuracy"] >= STABLE_ACCURACY)
+    per_seed = (
+        optim.assign(stable_lr=np.where(stable, log_lr, log_lr.min() - 0.5))
+        .groupby([*FRAME_KEYS["lr_range"], "seed"], observed=True)
+        .agg(max_stable_log10_lr=("stable_lr", "max"), finite=("finite", "mean"),
+             steps_needed=("steps_needed", "min"))
+        .reset_index()
+    )  # fmt: skip
+    return cells(per_seed, FRAME_KEYS["lr_range"])
+
+
+def level_gap(
+    frame: pd.DataFrame, factor: str, value: str, name: str, keys: tuple[str, ...]
+) -> pd.DataFrame:
+    """``value`` at the largest level of a numeric ``factor`` minus at its smallest (of the
+    levels swept), per combination of ``keys``, as column ``name``; NaN-free."""
+    if frame.empty or frame[factor].nunique() < 2:
+        return pd.DataFrame(columns=[*keys, name, "family"])
+    wide = frame.pivot_table(index=list(keys), columns=factor, values=value, observed=True)
+    gap = wide[wide.columns.max()] - wide[wide.columns.min()]
+    out = gap.rename(name).dropna().reset_index()
+    out["family"] = out["activation"].map(_family_of()) if "activation" in out else np.nan
+    return out
