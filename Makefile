@@ -20,15 +20,21 @@ PROFILE ?= standard
 
 setup: $(STAMP) system
 
-# Debian packages: a PostgreSQL server for the tracking-server test and recipe. Installed
-# only when missing, and only when we may (as root); otherwise say what is missing.
+# Debian packages, installed only when missing and only when we may (as root); otherwise
+# say what is missing: a PostgreSQL server (the tracking-server test and recipe) and TeX
+# with poppler (the report stage builds paper/main.pdf; its tests read it back).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended poppler-utils
 system:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v latexmk >/dev/null && command -v pdftotext >/dev/null && \
+	  kpsewhich booktabs.sty >/dev/null 2>&1 || missing="$$missing $(TEX_PACKAGES)"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	    apt-get update -qq && $(APT_INSTALL) $$missing >/dev/null; \
 	  else \
-	    echo "setup: Debian package postgresql is missing (install it, or run make as root)"; \
+	    echo "setup: Debian packages missing:$$missing (install them, or run make as root)"; \
 	  fi; \
 	fi
 

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.special import roots_jacobi
 
 from study import meanfield, nets
@@ -150,6 +151,33 @@ def residual_factors(
     factors = np.full(depth, np.nan)
     factors[:-1] = (1.0 + scale**2 * sigma_w2 * e[1:]) * e[:-1] / e[1:]
     return factors
+
+
+def residual_backward_factors(
+    width: int, blocks: int = 64, reuse_forward_weights: bool = True, seed: int = 0
+) -> np.ndarray:
+    """Per-block growth of the squared stream gradient of a He-initialised residual ReLU
+    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64; index 0
+    is the block nearest the output. With ``reuse_forward_weights=False`` the backward pass
+    draws fresh weights: the gradient-independence assumption of mean field, which predicts
+    1 + chi_branch = 2 per block."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def weight() -> torch.Tensor:
+        return torch.randn(width, width, generator=gen, dtype=torch.float64) * math.sqrt(2 / width)
+
+    x = torch.randn(16, width, generator=gen, dtype=torch.float64)
+    weights, pre = [weight() for _ in range(blocks)], []
+    for w in weights:
+        pre.append(x @ w.T)
+        x = x + torch.relu(pre[-1])
+    g, factors = torch.randn(16, width, generator=gen, dtype=torch.float64), []
+    for w, h in zip(reversed(weights), reversed(pre), strict=True):
+        w = w if reuse_forward_weights else weight()
+        new = g + ((h > 0).double() * g) @ w
+        factors.append((new.pow(2).sum() / g.pow(2).sum()).item())
+        g = new
+    return np.array(factors)
 
 
 # -------------------------------------------------------------------- a cell of the grid

@@ -35,6 +35,8 @@ STAGES = (
     "sweep_theory",
     "collect",
     "analyze",
+    "figures",
+    "report",
 )
 
 
@@ -179,7 +181,7 @@ def test_adding_a_seed_trains_only_the_new_cells(repo):
         r"conf/sweep/quick/train\.yaml\s+hydra\.sweeper\.params\.seed\s.*0,1,2", changed
     )
     proc = run(repo, "dvc", "repro")
-    assert stages_run(proc.stdout) == ["sweep_train", "collect", "analyze"]
+    assert stages_run(proc.stdout) == ["sweep_train", "collect", "analyze", "figures", "report"]
     assert "8 finished, 0 diverged, 0 failed, 16 skipped" in proc.stdout
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # old cells untouched
     runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
@@ -210,3 +212,36 @@ def test_analyze_writes_every_result_and_is_deterministic(repo):
     relu_he = rates.query("sweep == 'init' and activation == 'relu' and init == 'kaiming_normal'"
                           " and norm == 'none' and skip == 'none'")  # fmt: skip
     assert len(relu_he) and (relu_he["theory_rate"].abs() < 1e-9).all()
+
+
+SECTIONS = ("Abstract", "Introduction", "Methods", "Results", "Theory against measurement",
+            "Claims against evidence", "Limitations", "Reproducibility", "References")  # fmt: skip
+
+
+def pdf_text(pdf: Path) -> str:
+    return subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+def test_the_pipeline_ends_in_a_paper_with_every_section_claim_and_figure(repo):
+    pdf = repo / "paper" / "main.pdf"
+    text = pdf_text(pdf)
+    for heading in SECTIONS:
+        assert re.search(rf"^\s*(\d+\s+)?{heading}\s*$", text, re.M), heading
+    verdict = r"(supported|refuted|mixed|inconclusive|not tested)"
+    for claim in range(1, 20):  # a row of the claims table for every claim, with its verdict
+        assert re.search(rf"^\s*C{claim}\s.*\b{verdict}\s*$", text, re.M), f"C{claim}"
+    assert "??" not in text  # an unresolved reference or citation
+    assert not re.search(r"\\[A-Za-z]+", text)  # a macro printed instead of expanded
+    manifest = json.loads((repo / "paper" / "generated" / "figures" / "figures.json").read_text())
+    captions = re.findall(r"Figure (\d+):", text)
+    assert len(set(captions)) == len(manifest) >= 8
+    pages = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True)
+    assert int(re.search(r"Pages:\s+(\d+)", pages.stdout).group(1)) >= 10
+    assert "quick" in text and "Source: stage figures" in text
+
+
+def test_a_figure_code_change_reruns_figures_and_report_only(repo):
+    with (repo / "study" / "style.py").open("a") as f:
+        f.write("\n# a figure-only edit\n")
+    assert stages_run(run(repo, "dvc", "repro").stdout) == ["figures", "report"]

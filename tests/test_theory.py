@@ -217,38 +217,16 @@ def test_orthogonal_stem_sets_the_first_variance(mnist1d):
 # ---------------------------------------------- the residual ReLU excess over mean field
 
 
-def _residual_relu_backward_factors(width: int, reuse_forward_weights: bool) -> np.ndarray:
-    """Per-block growth of the squared stream gradient in a He-initialised residual ReLU
-    net (x + relu(W x)), 64 blocks, from an isotropic output gradient on 16 inputs; index 0
-    is the block nearest the output."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(16, width, generator=gen, dtype=torch.float64)
-    weights = [torch.randn(width, width, generator=gen, dtype=torch.float64)
-               * math.sqrt(2 / width) for _ in range(64)]  # fmt: skip
-    pre = []
-    for w in weights:
-        pre.append(x @ w.T)
-        x = x + torch.relu(pre[-1])
-    g, factors = torch.randn(16, width, generator=gen, dtype=torch.float64), []
-    for w, h in zip(reversed(weights), reversed(pre), strict=True):
-        if not reuse_forward_weights:  # the gradient-independence assumption of mean field
-            w = torch.randn(width, width, generator=gen, dtype=torch.float64) * math.sqrt(2 / width)
-        new = g + ((h > 0).double() * g) @ w
-        factors.append((new.pow(2).sum() / g.pow(2).sum()).item())
-        g = new
-    return np.array(factors)
-
-
 def test_residual_relu_excess_over_mean_field_does_not_fade_with_width():
     # Mean field predicts 1 + chi_branch = 2 per block. Independent backward weights give
     # exactly that; the real net's own weights give about 2.9 once far enough from the
     # output, at every width: a mode of the backward pass that grows faster than the
     # isotropic part and starts at a 1/width share, so a wider net only takes more blocks
     # to show it (about log(width) of them).
-    independent = _residual_relu_backward_factors(256, reuse_forward_weights=False)
+    independent = theory.residual_backward_factors(256, reuse_forward_weights=False)
     assert independent.mean() == pytest.approx(2.0, abs=0.05)
-    narrow = _residual_relu_backward_factors(128, reuse_forward_weights=True)
-    wide = _residual_relu_backward_factors(1024, reuse_forward_weights=True)
+    narrow = theory.residual_backward_factors(128, reuse_forward_weights=True)
+    wide = theory.residual_backward_factors(1024, reuse_forward_weights=True)
     far = slice(40, 64)  # blocks 40-63 from the output
     assert narrow[far].mean() > 2.6 and wide[far].mean() > 2.6
     assert abs(narrow[far].mean() - wide[far].mean()) < 0.15

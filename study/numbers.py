@@ -1,0 +1,215 @@
+"""Every number and verdict the paper's text uses, as LaTeX macros (``numbers.tex``).
+
+The text never types a result: a count is ``\\NRuns``, a verdict ``\\VerdictCSix``, and a
+sentence whose truth depends on the data -- a claim's result, the direction of an effect --
+is generated here (``\\SummaryCSix``), so the paper reads true whatever the data say.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from study import analyze, claims, theory, verdicts
+from study.latex import define, escape, interval, macro_name, number
+from study.records import Status
+
+MAIN_PROBE_BATCH = 128  # the init sweep's probe batch (conf/sweep/standard/init.yaml)
+EXCESS_WIDTHS = (128, 512, 1024)  # the residual ReLU simulation (theory.residual_backward_factors)
+NEAR, FAR = slice(0, 8), slice(32, 64)  # blocks from the output
+
+
+def pvalue_text(p: float) -> str:
+    if not np.isfinite(p):
+        return "--"
+    return number(p, 2) if p < 0.001 else f"{p:.3f}"
+
+
+def run_counts(runs: pd.DataFrame) -> dict[str, str]:
+    out = {"NRuns": number(len(runs))}
+    for status in Status:
+        out[macro_name("N runs", status)] = number(int((runs["status"] == status).sum()))
+    for sweep, part in runs.groupby("sweep", observed=False):
+        out[macro_name("N runs", sweep)] = number(len(part))
+        out[macro_name("N cells", sweep)] = number(part["cell_id"].nunique())
+        diverged = int((part["status"] == Status.diverged).sum())
+        out[macro_name("N diverged", sweep)] = number(diverged)
+    out["NCellsAll"] = number(runs[["sweep", "cell_id"]].drop_duplicates().shape[0])
+    return out
+
+
+def data_numbers(manifest: dict[str, Any]) -> dict[str, str]:
+    """Sizes of every split of every dataset, and its features."""
+    out = {}
+    for name, entry in manifest.items():
+        out[macro_name("N features", name)] = number(entry["num_features"])
+        for array, info in entry["arrays"].items():
+            if array.startswith("y_"):
+                out[macro_name("N", name, array.removeprefix("y_"))] = number(info["shape"][0])
+    return out
+
+
+def budget_numbers(runs: pd.DataFrame) -> dict[str, str]:
+    """The grids' extremes and the training budget the text names."""
+    trained = runs[runs["steps"] > 0]
+    train = runs[runs["sweep"] == "train"]
+    init = runs[runs["sweep"] == "init"]
+    return {
+        "DepthInitMax": number(int(init["depth"].max())) if len(init) else "--",
+        "DepthTrainMax": number(int(train["depth"].max())) if len(train) else "--",
+        "WidthMax": number(int(runs["width"].max())),
+        "TrainSteps": number(int(train["steps"].max())) if len(train) else "--",
+        "TrainLR": number(float(train["lr"].iloc[0])) if len(train) else "--",
+        "StepsMax": number(int(trained["steps"].max())) if len(trained) else "--",
+        "SeedsPerCell": number(int(init.groupby("cell_id")["seed"].nunique().max()))
+        if len(init) else "--",
+    }  # fmt: skip
+
+
+def excess_numbers() -> dict[str, str]:
+    """The residual ReLU simulation, and the sentence its outcome decides."""
+    out, far = {}, {}
+    for width in EXCESS_WIDTHS:
+        factors = theory.residual_backward_factors(width)
+        word = macro_name(str(width))
+        far[width] = factors[FAR].mean()
+        out[f"ExcessNear{word}"] = number(factors[NEAR].mean(), 3)
+        out[f"ExcessFar{word}"] = number(far[width], 3)
+    independent = theory.residual_backward_factors(EXCESS_WIDTHS[-1], reuse_forward_weights=False)
+    out["ExcessIndependent"] = number(independent.mean(), 3)
+    narrow, wide = far[EXCESS_WIDTHS[0]], far[EXCESS_WIDTHS[-1]]
+    if wide - 2 > 0.5 * (narrow - 2):
+        out["ExcessVerdict"] = (
+            "The excess far from the output does not shrink with width: it is not a "
+            "finite-width effect that vanishes for wide networks at a fixed depth, and "
+            "mean-field theory describes these networks only over the first blocks from the "
+            "output, a stretch that grows slowly with the width."
+        )
+    else:
+        out["ExcessVerdict"] = "The excess shrinks with width: a finite-width effect."
+    return out
+
+
+def theory_numbers(rates: pd.DataFrame) -> dict[str, str]:
+    """Agreement with theory, and the closed forms and corrections the text discusses."""
+    judged = rates[rates["agrees"].notna()]
+    out = {
+        "NCellsPredicted": number(len(judged)),
+        "NCellsAgree": number(int(judged["agrees"].sum())),
+        "AgreementPercent": number(round(100 * analyze.AGREEMENT)),
+        "BNChiLarge": number(theory.batchnorm_chi("relu"), 4),
+    }
+
+    def cell(**axes) -> pd.DataFrame:
+        keep = np.ones(len(rates), dtype=bool)
+        for axis, value in axes.items():
+            keep &= (rates[axis].astype(str) == str(value)).to_numpy()
+        return rates[keep]
+
+    deepest = rates.loc[rates["sweep"] == "init", "depth"].max()
+    plain = dict(norm="none", skip="none", depth=deepest, sweep="init")
+    for name, activation, init in (("ReluHe", "relu", "kaiming_normal"),
+                                   ("ReluXavier", "relu", "xavier_normal"),
+                                   ("SigmoidXavier", "sigmoid", "xavier_normal")):  # fmt: skip
+        row = cell(activation=activation, init=init, **plain)
+        out[f"Rate{name}"] = number(row["signal_rate"].mean(), 3, True) if len(row) else "--"
+        out[f"Theory{name}"] = number(row["theory_rate"].mean(), 3, True) if len(row) else "--"
+    for batch in (8, 16, 32, MAIN_PROBE_BATCH):
+        word = macro_name(str(batch))
+        out[f"BNChiPred{word}"] = number(theory.finite_batch_chi("relu", batch), 4)
+        row = cell(sweep="theory", norm="batch", activation="relu", probe_batch_size=batch)
+        measured = 10 ** (2 * row["signal_rate"].mean()) if len(row) else math.nan
+        out[f"BNChiMeas{word}"] = number(measured, 3)
+    out["BNChiFirstOrderEight"] = number(theory.batchnorm_chi("relu") * 6 / 7, 3)
+    theory_sweep = cell(sweep="theory", norm="batch")
+    out["BNTheoryRatioMin"] = number(theory_sweep["ratio_vs_theory"].min(), 3)
+    out["BNTheoryRatioMax"] = number(theory_sweep["ratio_vs_theory"].max(), 3)
+    for name, activation in (("Tanh", "tanh"), ("Sigmoid", "sigmoid")):
+        row = cell(skip="residual", norm="none", activation=activation)
+        out[f"Residual{name}RatioMin"] = number(row["ratio_vs_theory"].min(), 3)
+        out[f"Residual{name}RatioMax"] = number(row["ratio_vs_theory"].max(), 3)
+    relu = cell(sweep="theory", skip="residual", activation="relu", init="kaiming_normal")
+    for scale in (0.25, 0.5, 1.0):
+        rows = relu[(relu["residual_scale"] == scale) & (relu["depth"] == relu["depth"].max())]
+        word = macro_name(f"{scale:g}".replace(".", " point "))
+        out[f"ResReluMeas{word}"] = number(rows["signal_rate"].mean(), 3)
+        out[f"ResReluPred{word}"] = number(rows["theory_rate"].mean(), 3)
+    disagree = judged[~judged["agrees"].astype(bool)]
+    residual = disagree["skip"].astype(str) == "residual"
+    out["NDisagreeResidual"] = number(int(residual.sum()))
+    out["NDisagreeOther"] = number(int((~residual).sum()))
+    worst = disagree.loc[residual, "ratio_vs_theory"].max()
+    out["ResidualExcessPercent"] = number(round(100 * (worst - 1))) if residual.any() else "0"
+    others = [
+        f"{r.activation} + {r.init}, {r.norm} norm, depth {r.depth}, width {r.width} "
+        f"({r.sweep} sweep, ratio {r.ratio_vs_theory:.2f})"
+        for r in disagree[~residual].itertuples()
+    ]
+    out["DisagreeOtherList"] = escape("; ".join(others) or "none")
+    return out
+
+
+def claim_numbers(table: pd.DataFrame) -> dict[str, str]:
+    """Per claim its verdict and a generated summary; per target row its numbers."""
+    by_claim = verdicts.claim_verdicts(table)
+    out: dict[str, str] = {}
+    counts = {v: 0 for v in verdicts.VERDICTS}
+    for claim, entry in by_claim.items():
+        out[macro_name("verdict", claim)] = entry["verdict"]
+        counts[entry["verdict"]] += 1
+    for verdict, count in counts.items():
+        out[macro_name("N claims", verdict)] = number(count)
+    out["NClaims"] = number(len(by_claim))
+    target = table[table["carries_verdict"]]
+    out["NTargetRows"] = number(len(target))
+    statements = {h.part: h for h in claims.HYPOTHESES}
+    for claim, rows in target.groupby("claim", sort=False):
+        sentences = []
+        for r in rows.itertuples():
+            suffix = _stratum_word(statements[r.part], r.stratum)
+            name = macro_name(r.part, suffix)
+            out[f"Effect{name}"] = interval(r.effect, r.effect_low, r.effect_high)
+            out[f"PHolm{name}"] = pvalue_text(r.p_holm)
+            out[f"Row{name}"] = r.verdict
+            sentences.append(_sentence(r, statements[r.part]))
+        out[macro_name("summary", claim)] = " ".join(sentences)
+    return out
+
+
+def _stratum_word(h: Any, stratum: str) -> str:
+    """The levels of the hypothesis' strata in a row's stratum text (e.g. "badly")."""
+    words = []
+    for axis in getattr(h, "strata", ()):
+        for item in stratum.split(", "):
+            if item.startswith(f"{axis}="):
+                words.append(item.split("=", 1)[1])
+    return " ".join(words)
+
+
+def _sentence(r: Any, h: Any) -> str:
+    """One target row in words: what was tested where, its verdict and its numbers."""
+    if isinstance(h, verdicts.NotTested):
+        return f"{escape(r.part)} is \\emph{{not tested}}: it needs {escape(h.needs)}."
+    where = escape(r.stratum)
+    if r.note.startswith("not tested"):
+        return (f"{escape(r.part)} ({escape(h.statement)}; {where}) is \\emph{{not tested}}: "
+                f"{escape(r.note.removeprefix('not tested: '))}.")  # fmt: skip
+    unit = escape(r.unit)
+    text = (f"{escape(r.part)} ({escape(h.statement)}; {where}) is \\emph{{{r.verdict}}}: "
+            f"{interval(r.effect, r.effect_low, r.effect_high)} {unit} over {r.n} "
+            f"{'runs' if r.unit_of_test == 'run' else 'cells'}")  # fmt: skip
+    if r.null:
+        text += f" against {number(r.null)}"
+    text += f", Holm-adjusted $p$ = {pvalue_text(r.p_holm)}"
+    if r.verdict == "mixed":
+        text += "; its levels point both ways by more than the declared minimum effect"
+    return text + "."
+
+
+def macros(values: dict[str, str]) -> str:
+    lines = ["% Generated by python -m study.report: every number and verdict of the text."]
+    lines += [define(name, value) for name, value in sorted(values.items())]
+    return "\n".join(lines) + "\n"

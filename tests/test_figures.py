@@ -1,0 +1,162 @@
+"""The figures stage on tiny synthetic tables: one colour per factor level, every figure
+written (PDF and PNG) even where the profile has no data for it, the claims forest with
+rows that were not tested, and one line on stderr for missing input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study import figures, style
+from study import figures_analysis as fa
+from study.config import Activation, Init, Norm, Skip
+from study.verdicts import VERDICTS
+
+ENUMS = {"activation": Activation, "init": Init, "norm": Norm, "skip": Skip,
+         "verdict": VERDICTS}  # fmt: skip
+
+
+@pytest.mark.parametrize("factor", list(ENUMS))
+def test_every_level_has_exactly_one_colour_of_its_own(factor):
+    colors = style.COLORS[factor]
+    assert set(colors) == {str(level) for level in ENUMS[factor]}  # no level missing or extra
+    assert len(set(colors.values())) == len(colors)  # no two levels share a colour
+
+
+def test_a_level_without_a_colour_fails_loudly():
+    with pytest.raises(ValueError, match="swish"):
+        style._check([*Activation, "swish"], style.ACTIVATION_COLORS, "activation colours")
+
+
+# ------------------------------------------------------------------- synthetic inputs
+
+
+def layer_rows(sweep, depth, act, init, norm, skip, seed, steps, scale):
+    """Per-layer rows of one run whose gradient shrinks by ``scale`` per layer."""
+    for step, layer in itertools.product(steps, range(1, depth + 1)):
+        grad = scale ** (depth - layer) * (1 + 0.1 * seed)
+        yield {"sweep": sweep, "depth": depth, "activation": act, "init": init, "norm": norm,
+               "skip": skip, "run_name": f"{sweep}-d{depth}-{act}-{init}-{norm}-{skip}-s{seed}",
+               "status": "finished", "step": step, "layer": layer,
+               "signal_grad_norm": grad, "weight_grad_norm": 2 * grad,
+               "dead_fraction": 0.1 * layer / depth if act == "relu" else np.nan,
+               "saturated_fraction": 0.2 if act == "tanh" else np.nan}  # fmt: skip
+
+
+def tiny_inputs() -> figures.Inputs:
+    """A quick-profile-like study: two activations, depths {4, 8}, no layer norm, no batch
+    norm in training, so several figures have panels (or all) without data."""
+    matched = {"tanh": "xavier_normal", "relu": "kaiming_normal"}
+    layers, runs = [], []
+    for act, norm, seed in itertools.product(("tanh", "relu"), ("none", "batch"), (0, 1)):
+        layers += layer_rows("init", 8, act, matched[act], norm, "none", seed, (0,), 0.8)
+    for act, skip, depth, seed in itertools.product(("tanh", "relu"), ("none", "residual"),
+                                                    (4, 8), (0, 1)):  # fmt: skip
+        diverged = act == "relu" and skip == "residual" and depth == 8 and seed == 1
+        runs.append({"sweep": "train", "depth": depth, "activation": act,
+                     "init": "kaiming_normal", "norm": "none", "skip": skip, "seed": seed,
+                     "status": "diverged" if diverged else "finished",
+                     "test_accuracy": np.nan if diverged else 0.9 - 0.01 * depth})  # fmt: skip
+        layers += layer_rows("train", depth, act, "kaiming_normal", "none", skip, seed,
+                             (0, 1, 30), 0.9)  # fmt: skip
+    decay = pd.DataFrame([
+        {"sweep": "init", "cell_id": f"c{k}", "depth": 8, "activation": act, "init": init,
+         "norm": norm, "skip": skip, "signal_rate": rate, "signal_rate_low": rate - 0.01,
+         "signal_rate_high": rate + 0.01, "theory_rate": theory,
+         "theory_rate_finite_batch": np.nan, "agrees": agrees}
+        for k, (act, init, norm, skip, rate, theory, agrees) in enumerate([
+            ("tanh", "xavier_normal", "none", "none", -0.05, -0.05, True),
+            ("relu", "kaiming_normal", "none", "none", 0.0, 0.0, True),
+            ("relu", "kaiming_normal", "none", "residual", 0.2, 0.15, False),
+            ("relu", "kaiming_normal", "batch", "highway", 0.02, np.nan, pd.NA),
+        ])
+    ]).astype({"agrees": "boolean"})  # fmt: skip
+    trainable = pd.DataFrame([
+        {"activation": "tanh", "init": "kaiming_normal", "norm": "none", "skip": "none",
+         "depths": "4,8", "fails_at": pd.NA, "six_xi_c": 130.0},
+        {"activation": "relu", "init": "kaiming_normal", "norm": "none", "skip": "none",
+         "depths": "4,8", "fails_at": 8, "six_xi_c": np.inf},
+    ]).astype({"fails_at": "Int64"})  # fmt: skip
+    return figures.Inputs(runs=pd.DataFrame(runs), layers=pd.DataFrame(layers), decay=decay,
+                          claims=claims_table(), trainable=trainable)  # fmt: skip
+
+
+def claims_table() -> pd.DataFrame:
+    """A tested target row with a secondary stratum, a target row whose units all agree
+    (not tested, effect 0 [0, 0]) and a claim no sweep measures (no effect at all)."""
+    row = {"claim": "C1", "part": "C1", "stratum": "norm=none, skip=none", "role": "target",
+           "unit": "decades", "carries_verdict": True, "n": 10, "effect": 2.0,
+           "effect_low": 1.0, "effect_high": 3.0, "null": 0.0, "direction": 1,
+           "verdict": "supported", "note": ""}  # fmt: skip
+    return pd.DataFrame([
+        row,
+        {**row, "stratum": "norm=batch, skip=none", "role": "secondary",
+         "carries_verdict": False, "effect": -9.0, "verdict": ""},
+        {**row, "claim": "C6", "part": "C6c", "unit": "fraction of seeds", "effect": 0.0,
+         "effect_low": 0.0, "effect_high": 0.0, "verdict": "not tested",
+         "note": "not tested: every unit has the same value (e.g. nothing diverged)"},
+        {**row, "claim": "C15", "part": "C15", "stratum": "", "unit": "", "n": 0,
+         "effect": np.nan, "effect_low": np.nan, "effect_high": np.nan,
+         "verdict": "not tested", "note": "not tested: no sweep has dropout yet"},
+    ])  # fmt: skip
+
+
+def empty(inputs: figures.Inputs) -> figures.Inputs:
+    return figures.Inputs(**{name: getattr(inputs, name).iloc[:0] for name in figures.FILES})
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+@pytest.mark.parametrize("shrink", [lambda x: x, empty], ids=["tiny", "empty"])
+def test_every_figure_is_written_as_pdf_and_png_with_a_listing(tmp_path, shrink):
+    inputs = shrink(tiny_inputs())
+    figures.render(inputs, tmp_path)
+    stems = [spec.stem for spec in figures.FIGURES]
+    assert len(stems) == len(set(stems)) == 8
+    for stem in stems:
+        for ext in ("pdf", "png"):
+            assert (tmp_path / f"{stem}.{ext}").stat().st_size > 1000, f"{stem}.{ext}"
+    listing = json.loads((tmp_path / "figures.json").read_text())
+    assert set(listing) == set(stems)
+    assert all(entry["description"] and entry["n"] >= 0 for entry in listing.values())
+    if inputs.runs.empty:
+        assert all(entry["n"] == 0 for entry in listing.values())
+    else:
+        assert listing["trainability"]["n"] == 16  # every train run, diverged ones too
+        assert listing["profiles_init"]["n"] == 8
+        assert listing["theory_vs_measured"]["n"] == 3  # the highway cell has no theory
+
+
+def test_figures_are_byte_stable(tmp_path):
+    inputs = tiny_inputs()
+    figures.render(inputs, tmp_path / "a")
+    figures.render(inputs, tmp_path / "b")
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+
+
+def test_claims_forest_writes_words_for_rows_not_tested():
+    style.use()
+    fig = fa.claims_forest(claims_table())
+    forest, side = fig.axes
+    assert [t.get_text() for t in forest.texts] == ["not tested", "not tested"]
+    labels = [t.get_text() for t in forest.get_yticklabels()]
+    assert labels == ["C1: plain", "C6c: plain", "C15"]  # secondaries get no row of their own
+    assert "+2 [+1, +3] decades, n = 10" in [t.get_text() for t in side.texts]
+    assert any(t.get_text().startswith("no sweep has dropout") for t in side.texts)
+
+
+def test_missing_input_is_one_line_naming_the_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        figures.main(["--tables", str(tmp_path), "--analysis", str(tmp_path),
+                      "--out", str(tmp_path / "out")])  # fmt: skip
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs.parquet not found" in err[0]
+    assert "dvc repro analyze" in err[0]
+    assert not (tmp_path / "out").exists()
