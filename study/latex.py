@@ -68,6 +68,8 @@ def number(value: float, digits: int = 3, signed: bool = False) -> str:
     if math.isinf(value):
         return r"$\infty$" if value > 0 else r"$-\infty$"
     magnitude = abs(value)
+    if magnitude < 1e-12:  # round-off of a closed form that is exactly 0
+        return "0"
     if float(value).is_integer() and magnitude < 10**15:
         text = f"{int(magnitude):,}"
     elif magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e6):

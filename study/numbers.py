@@ -168,15 +168,31 @@ def claim_numbers(table: pd.DataFrame) -> dict[str, str]:
     statements = {h.part: h for h in claims.HYPOTHESES}
     for claim, rows in target.groupby("claim", sort=False):
         sentences = []
-        for r in rows.itertuples():
-            suffix = _stratum_word(statements[r.part], r.stratum)
-            name = macro_name(r.part, suffix)
-            out[f"Effect{name}"] = interval(r.effect, r.effect_low, r.effect_high)
-            out[f"PHolm{name}"] = pvalue_text(r.p_holm)
-            out[f"Row{name}"] = r.verdict
-            sentences.append(_sentence(r, statements[r.part]))
+        for part, part_rows in rows.groupby("part", sort=False):
+            h = statements[part]
+            if isinstance(h, verdicts.NotTested):
+                sentences.append(f"{escape(part)} is \\emph{{not tested}}: it needs "
+                                 f"{escape(h.needs)}.")  # fmt: skip
+                continue
+            said = [f"{escape(part)}: {escape(h.statement)}."]
+            for r in part_rows.itertuples():
+                name = macro_name(r.part, _stratum_word(h, r.stratum))
+                out[f"Effect{name}"] = interval(r.effect, r.effect_low, r.effect_high)
+                out[f"PHolm{name}"] = pvalue_text(r.p_holm)
+                out[f"Row{name}"] = r.verdict
+                said.append(_result(r))
+            sentences.append(" ".join(said))
         out[macro_name("summary", claim)] = " ".join(sentences)
     return out
+
+
+def short_stratum(stratum: str) -> str:
+    """A stratum as the paper writes it."""
+    return (stratum.replace("norm=none, skip=none", "plain nets")
+            .replace("activation in {relu, leaky_relu, prelu}", "rectifiers")
+            .replace("init_quality=badly", "badly initialized")
+            .replace("init_quality=well", "well initialized").replace("family=", "family ")
+            .replace("depth>=", "depth ≥ "))  # fmt: skip
 
 
 def _stratum_word(h: Any, stratum: str) -> str:
@@ -189,23 +205,20 @@ def _stratum_word(h: Any, stratum: str) -> str:
     return " ".join(words)
 
 
-def _sentence(r: Any, h: Any) -> str:
-    """One target row in words: what was tested where, its verdict and its numbers."""
-    if isinstance(h, verdicts.NotTested):
-        return f"{escape(r.part)} is \\emph{{not tested}}: it needs {escape(h.needs)}."
-    where = escape(r.stratum)
+def _result(r: Any) -> str:
+    """One target row's result: where, its verdict and its numbers."""
+    where = escape(short_stratum(r.stratum))
     if r.note.startswith("not tested"):
-        return (f"{escape(r.part)} ({escape(h.statement)}; {where}) is \\emph{{not tested}}: "
-                f"{escape(r.note.removeprefix('not tested: '))}.")  # fmt: skip
-    unit = escape(r.unit)
-    text = (f"{escape(r.part)} ({escape(h.statement)}; {where}) is \\emph{{{r.verdict}}}: "
-            f"{interval(r.effect, r.effect_low, r.effect_high)} {unit} over {r.n} "
-            f"{'runs' if r.unit_of_test == 'run' else 'cells'}")  # fmt: skip
+        return f"In {where}: \\emph{{not tested}} ({escape(r.note.removeprefix('not tested: '))})."
+    units = "runs" if r.unit_of_test == "run" else "cells"
+    text = (f"In {where}: \\emph{{{r.verdict}}}, "
+            f"{interval(r.effect, r.effect_low, r.effect_high)} {escape(r.unit)} over {r.n} "
+            f"{units}")  # fmt: skip
     if r.null:
         text += f" against {number(r.null)}"
     text += f", Holm-adjusted $p$ = {pvalue_text(r.p_holm)}"
     if r.verdict == "mixed":
-        text += "; its levels point both ways by more than the declared minimum effect"
+        text += ", its levels pointing both ways by more than the declared minimum effect"
     return text + "."
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from study import claims, verdicts
 from study.latex import escape, interval, macro_name, number, table
-from study.numbers import pvalue_text
+from study.numbers import pvalue_text, short_stratum
 
 # Which sweeps each table draws on.
 SWEEPS = {
@@ -32,7 +32,7 @@ def claims_table(rows: pd.DataFrame) -> str:
     target = rows[rows["carries_verdict"]]
     by_claim = verdicts.claim_verdicts(rows)
     statements = {h.part: h.statement for h in claims.HYPOTHESES}
-    body, seen = [], set()
+    body, seen, parts = [], set(), set()
     for r in target.itertuples():
         first = r.claim not in seen
         seen.add(r.claim)
@@ -46,8 +46,10 @@ def claims_table(rows: pd.DataFrame) -> str:
         else:
             effect = f"{interval(r.effect, r.effect_low, r.effect_high)} {escape(r.unit)}"
         n = str(r.n) if r.n else "--"
-        hypothesis = f"{escape(r.part)}: {escape(statements[r.part])}"
-        body.append([claim, hypothesis, escape(_short(r.stratum)), effect, n,
+        new_part = r.part not in parts
+        parts.add(r.part)
+        hypothesis = f"{escape(r.part)}: {escape(statements[r.part])}" if new_part else ""
+        body.append([claim, hypothesis, escape(short_stratum(r.stratum)), effect, n,
                      pvalue_text(r.p_holm), escape(r.verdict)])  # fmt: skip
     caption = ("Every claim (C1--C19) and its target rows: the population where the article "
                "makes the claim, the mean effect over cells with its 95\\% t-interval, the "
@@ -56,12 +58,6 @@ def claims_table(rows: pd.DataFrame) -> str:
     return table(["claim", "hypothesis", "target", "effect [95\\% CI]", "$n$", "$p_\\mathrm{Holm}$",
                   "verdict"], body, r"Q{1.6cm}Q{3.3cm}Q{2.6cm}Q{2.9cm}rrl", caption,
                  "tab:claims", long=True, size=r"\footnotesize")  # fmt: skip
-
-
-def _short(stratum: str) -> str:
-    return (stratum.replace("norm=none, skip=none", "plain")
-            .replace("activation in {relu, leaky_relu, prelu}", "rectifiers")
-            .replace("depth>=16", "depth ≥ 16"))  # fmt: skip
 
 
 THEORY_GROUPS = {
@@ -142,6 +138,7 @@ def trainable_table(depth: pd.DataFrame) -> str:
                  size=r"\scriptsize\setlength{\tabcolsep}{3.5pt}")  # fmt: skip
 
 
+TRAINING_ONLY = ("optimizer", "lr", "clip_norm", "batch_size")
 GRID_ROWS = {  # row label -> runs.parquet column whose levels the row lists
     "dataset": "dataset", "depth": "depth", "width": "width", "activation": "activation",
     "init": "init", "norm": "norm", "skip": "skip", "residual scale": "residual_scale",
@@ -157,11 +154,17 @@ def grids_table(runs: pd.DataFrame) -> str:
     parts = {s: runs[runs["sweep"] == s] for s in sweeps}
 
     def levels(part: pd.DataFrame, column: str) -> str:
-        values = sorted(part[column].dropna().unique(), key=lambda v: (str(type(v)), v))
-        if column == "optimizer" and part["steps"].max() == 0:
+        if column in TRAINING_ONLY and part["steps"].max() == 0:
             return "--"  # probed at initialization only: nothing optimizes
-        text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-        return escape(text or "none")
+        values = part[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):  # in the order of study.config
+            present = [c for c in values.cat.categories if (values == c).any()]
+        else:
+            present = sorted(values.dropna().unique())
+        text = [f"{v:g}" if isinstance(v, float) else str(v) for v in present]
+        if values.isna().any():
+            text.insert(0, "none")
+        return escape(", ".join(text) or "none")
 
     body = [["cells", *(number(parts[s]["cell_id"].nunique()) for s in sweeps)],
             ["runs", *(number(len(parts[s])) for s in sweeps)]]  # fmt: skip
