@@ -242,6 +242,9 @@ def test_the_pipeline_ends_in_a_paper_with_every_section_claim_and_figure(repo):
 
 
 def test_a_figure_code_change_reruns_figures_and_report_only(repo):
-    with (repo / "study" / "style.py").open("a") as f:
-        f.write("\n# a figure-only edit\n")
+    style = repo / "study" / "style.py"
+    # A new colour for ReLU: the figures change, so the paper is rebuilt; nothing upstream.
+    style.write_text(style.read_text().replace('"#D55E00"', '"#A04000"', 1))
+    status = run(repo, "dvc", "status").stdout
+    assert "figures:" in status and "analyze:" not in status and "collect:" not in status
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["figures", "report"]
