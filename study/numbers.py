@@ -23,9 +23,15 @@ NEAR, FAR = slice(0, 8), slice(32, 64)  # blocks from the output
 
 
 def pvalue_text(p: float) -> str:
+    """A p-value: three decimals, or mantissa and power of ten below 0.001 (never 0)."""
     if not np.isfinite(p):
         return "--"
-    return number(p, 2) if p < 0.001 else f"{p:.3f}"
+    if p >= 0.001:
+        return f"{p:.3f}"
+    if p == 0:
+        return r"$<10^{-300}$"
+    mantissa, exponent = f"{p:.1e}".split("e")
+    return f"${mantissa}\\times 10^{{{int(exponent)}}}$"
 
 
 def run_counts(runs: pd.DataFrame) -> dict[str, str]:
