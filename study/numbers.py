@@ -171,6 +171,7 @@ def claim_numbers(table: pd.DataFrame) -> dict[str, str]:
     out["NClaims"] = number(len(by_claim))
     target = table[table["carries_verdict"]]
     out["NTargetRows"] = number(len(target))
+    out["NTestedRows"] = number(int(target["p_holm"].notna().sum()))  # Holm's family
     statements = {h.part: h for h in claims.HYPOTHESES}
     for claim, rows in target.groupby("claim", sort=False):
         sentences = []

@@ -9,7 +9,7 @@ the run. Outside the target, the same comparison is reported per level of the se
 axes, and inside it per level of every axis the stratum pools (``pooled``); neither is
 pooled into the verdict, but a target stratum whose levels point both ways by more than
 ``min_effect`` is ``mixed``. Verdicts come from the t-test of the effect that is reported,
-Holm-corrected over every target row of every claim.
+Holm-corrected over every tested target row of every claim.
 """
 
 from __future__ import annotations
