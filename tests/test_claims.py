@@ -94,6 +94,26 @@ def test_every_hypothesis_returns_the_known_answer(h, side, expected):
 
 
 @pytest.mark.parametrize("h", TESTED, ids=lambda h: h.part)
+def test_every_hypothesis_counts_matched_cells_not_seeds(h):
+    # One unit per combination of the axes the target pools (the full synthetic grid has
+    # every combination), so a test matched on too few keys, or on seeds, miscounts.
+    frame = synthetic(h, 1)[h.frame]
+    rows = verdicts.table([h], {h.frame: frame})
+    axes = verdicts.pooled(h) or [k for k in outcomes.FRAME_KEYS[h.frame] if k != "depth"]
+    for r in rows[rows["carries_verdict"]].itertuples():
+        stratum = verdicts.select(frame, h.where, h.min_depth)
+        for axis in h.strata:
+            level = r.stratum.split(f"{axis}=")[1].split(",")[0]
+            stratum = stratum[stratum[axis].astype(str) == level]
+        expected = (
+            len(stratum)
+            if isinstance(h.compare, DepthTrend)
+            else len(stratum[axes].drop_duplicates())
+        )
+        assert r.n == expected, (h.part, r.stratum)
+
+
+@pytest.mark.parametrize("h", TESTED, ids=lambda h: h.part)
 def test_a_stratum_outside_the_target_that_reverses_does_not_move_the_verdict(h):
     inside = verdicts.select(grid(h.frame), h.where, h.min_depth).index
 
