@@ -5,7 +5,8 @@
 
 writes every figure as PDF (for the paper) and PNG (for people and MLflow), in the style of
 ``study.style``, and ``figures.json``: per figure stem, a one-sentence description and how
-many runs, cells or rows it drew on (the report puts it in the captions). Every figure is
+many runs, cells or rows it drew on and from which sweeps (the report puts it in the
+captions). Every figure is
 written whatever the profile: a panel whose data the profile lacks says so.
 """
 
@@ -70,6 +71,7 @@ class Spec:
     draw: Callable[[Inputs], Figure]
     count: Callable[[Inputs], int]
     unit: str
+    sweeps: tuple[str, ...]  # the sweeps it draws on (the caption's provenance)
 
 
 def _runs(frame: pd.DataFrame) -> int:
@@ -79,26 +81,31 @@ def _runs(frame: pd.DataFrame) -> int:
 FIGURES: tuple[Spec, ...] = (
     Spec("profiles_init", "Per-layer signal and weight gradient norms at initialization in the "
          "deepest nets of the init sweep, each activation with its matched init.",
-         lambda d: ft.profiles_init(d.layers), lambda d: _runs(ft.profile_rows(d.layers)), "runs"),
+         lambda d: ft.profiles_init(d.layers),
+         lambda d: _runs(ft.profile_rows(d.layers)), "runs", ("init",)),
     Spec("theory_vs_measured", "Measured against mean-field per-layer gradient ratio of every "
          "cell with a prediction.", lambda d: fa.theory_vs_measured(d.decay),
-         lambda d: len(fa.theory_rows(d.decay)), "cells"),
+         lambda d: len(fa.theory_rows(d.decay)), "cells",
+         ("init", "train", "optim", "scale", "theory")),
     Spec("rate_heatmaps", "Mean per-layer signal-gradient decay rate at initialization per "
          "activation, init, norm and skip, at the init sweep's deepest depth.",
-         lambda d: fa.rate_heatmaps(d.decay), lambda d: len(fa.heatmap_rows(d.decay)), "cells"),
+         lambda d: fa.rate_heatmaps(d.decay),
+         lambda d: len(fa.heatmap_rows(d.decay)), "cells", ("init",)),
     Spec("trainability", "Test accuracy and divergence rate against depth in the train sweep.",
-         lambda d: ft.trainability(d.runs), lambda d: len(ft.train_rows(d.runs)), "runs"),
+         lambda d: ft.trainability(d.runs),
+         lambda d: len(ft.train_rows(d.runs)), "runs", ("train",)),
     Spec("trainable_depth", "First depth that fails to train beside mean field's 6 xi_c, plain "
          "nets.", lambda d: fa.trainable_depth(d.trainable),
-         lambda d: len(fa.trainable_rows(d.trainable)), "configurations"),
+         lambda d: len(fa.trainable_rows(d.trainable)), "configurations", ("train",)),
     Spec("dynamics", "Signal-gradient profiles along training for contrasting configurations.",
-         lambda d: ft.dynamics(d.layers), lambda d: _runs(ft.dynamics_rows(d.layers)), "runs"),
+         lambda d: ft.dynamics(d.layers),
+         lambda d: _runs(ft.dynamics_rows(d.layers)), "runs", ("train",)),
     Spec("dead_saturated", "Dead and saturated units per layer in deep plain nets, before and "
          "after training.", lambda d: ft.dead_saturated(d.layers),
-         lambda d: _runs(ft.dead_rows(d.layers)), "runs"),
+         lambda d: _runs(ft.dead_rows(d.layers)), "runs", ("train",)),
     Spec("claims_forest", "Every claim's target rows: effect, interval and verdict.",
          lambda d: fa.claims_forest(d.claims), lambda d: len(fa.forest_rows(d.claims)),
-         "target rows"),
+         "target rows", ("init", "train", "optim", "scale")),
 )  # fmt: skip
 
 
@@ -110,7 +117,8 @@ def render(inputs: Inputs, out: Path) -> dict[str, dict]:
         paths = style.save(spec.draw(inputs), out, spec.stem)
         listing[spec.stem] = {"order": order, "description": spec.description,
                               "n": spec.count(inputs),
-                              "unit": spec.unit, "files": [p.name for p in paths]}  # fmt: skip
+                              "unit": spec.unit, "sweeps": list(spec.sweeps),
+                              "files": [p.name for p in paths]}  # fmt: skip
     write_json(Path(out) / "figures.json", listing)
     return listing
 

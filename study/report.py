@@ -28,13 +28,6 @@ from study.latex import breakable, escape, macro_name, number
 TEX_PACKAGES = "latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"
 SOFTWARE = ("torch", "numpy", "pandas", "scipy", "statsmodels", "matplotlib", "seaborn",
             "hydra-core", "omegaconf", "mlflow", "dvc")  # fmt: skip
-# Which sweeps each figure draws on (for its caption's provenance).
-FIGURE_SWEEPS = {
-    "profiles_init": ("init",), "theory_vs_measured": ("init", "train", "optim", "scale", "theory"),
-    "rate_heatmaps": ("init",), "trainability": ("train",), "trainable_depth": ("train",),
-    "dynamics": ("train",), "dead_saturated": ("train",),
-    "claims_forest": ("init", "train", "optim", "scale"),
-}  # fmt: skip
 
 
 def provenance(
@@ -133,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
               **numbers.claim_numbers(table)}  # fmt: skip
     for stem, entry in figures.items():
         drawn = f"{number(entry['n'])} {escape(entry['unit'])}"
-        values[macro_name("source", stem)] = provenance(runs, "figures", FIGURE_SWEEPS[stem], drawn)
+        sweeps = tuple(entry["sweeps"])
+        values[macro_name("source", stem)] = provenance(runs, "figures", sweeps, drawn)
     for name, sweeps in report_tables.SWEEPS.items():
         values[macro_name("source table", name)] = provenance(runs, "report", sweeps)
     texts = {

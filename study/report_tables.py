@@ -12,6 +12,7 @@ import pandas as pd
 from study import claims, verdicts
 from study.latex import escape, interval, macro_name, number, table
 from study.numbers import pvalue_text, short_stratum
+from study.style import INIT_LABELS
 
 # Which sweeps each table draws on.
 SWEEPS = {
@@ -109,8 +110,9 @@ def factors_table(effects: pd.DataFrame) -> str:
     return table(header, body, "l" + "r" * len(wide.columns), caption, "tab:factors")
 
 
+# Column labels of the trainable-depth table (inits are labelled as in the figures).
 SHORT = {"none": "", "batch": "BN", "layer": "LN", "residual": "res", "highway": "hw",
-         "dense": "dense", "kaiming_normal": "He", "xavier_normal": "Xavier"}  # fmt: skip
+         "dense": "dense"}  # fmt: skip
 
 
 def trainable_table(depth: pd.DataFrame) -> str:
@@ -120,7 +122,7 @@ def trainable_table(depth: pd.DataFrame) -> str:
     depth["config"] = [("+".join(SHORT.get(x, x) for x in pair if SHORT.get(x, x)) or "plain")
                        for pair in zip(norm, skip, strict=True)]  # fmt: skip
     pairs = zip(depth["activation"].astype(str), depth["init"].astype(str), strict=True)
-    depth["row"] = [f"{a}, {SHORT.get(i, i)}" for a, i in pairs]
+    depth["row"] = [f"{a}, {INIT_LABELS.get(i, i)}" for a, i in pairs]
     deepest = max(int(d) for ds in depth["depths"] for d in ds.split(","))
     depth["cell"] = [escape(str(f)) if pd.notna(f) else f"$>${deepest}" for f in depth["fails_at"]]
     order = list(dict.fromkeys(depth["config"]))
