@@ -73,6 +73,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def clear_partial(folder: Path) -> None:
+    """Remove half-written files a killed run left (``atomic_write``'s temporaries)."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def json_safe(value: Any) -> Any:
     """NaN and infinities are not JSON: they become null (the parquet files keep them)."""
     if isinstance(value, dict):

@@ -298,6 +298,7 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
         if is_done(records.read_run(out_dir), key):
             return sweep.job_result(cfg.run_name, "skipped", key, out_dir)
         parent_id = sweep.parent_run_id(Path(hc.sweep.dir))
+    records.clear_partial(out_dir)  # an earlier attempt killed mid-write
     record = execute(cfg, resolved, splits, out_dir, key, parent_id)
     status = record["status"]
     # In a sweep the launcher's progress line speaks for the cells; one line each is noise.
