@@ -80,6 +80,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_group.py
 	$(PY) benchmarks/bench_sweep.py
 
 clean:

@@ -4,13 +4,12 @@ Three variants train the same network (depth 32, width 128, batch 128, relu, kai
 no norm, no skip, SGD with momentum, one CPU thread) for the same number of steps on the same
 batches, in one process:
 
-- ``bare``: a plain loop built from the study's own pieces (``nets.build``,
-  ``loop.make_optimizer``, ``loop.batch_indices``): forward, cross_entropy, zero_grad,
-  backward, step. Nothing else.
-- ``instrumented``: ``loop.run`` with probes on the default log-spaced schedule (0, 1, 2, 5,
-  ..., steps) and evaluation pushed out of the way (``train.eval_every = steps``). Its excess
-  over ``bare`` is the cost of the schedule-driven instrumentation; the target is at most 10%
-  over a 1000-step run.
+- ``bare``: a plain PyTorch loop over the same net (``nets.build``, ``torch.optim.SGD``,
+  ``loop.batch_indices``): forward, cross_entropy, zero_grad, backward, step. Nothing else.
+- ``instrumented``: ``loop.run`` (a stack of one net) with probes on the default log-spaced
+  schedule (0, 1, 2, 5, ..., steps) and evaluation pushed out of the way
+  (``train.eval_every = steps``). Its excess over ``bare`` is the cost of the
+  schedule-driven instrumentation; the target is at most 10% over a 1000-step run.
 - ``full``: ``loop.run`` with the default evaluation schedule (``train.eval_every = 50``),
   reported for information.
 
@@ -41,6 +40,7 @@ from omegaconf import OmegaConf
 from study import loop, nets
 from study.config import Config, DataConfig, Dataset
 from study.data import Splits, build
+from study.stack import Stack
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 DEVICE = torch.device("cpu")
@@ -74,7 +74,10 @@ def bare(splits: Splits, cfg: Config) -> tuple[float, float]:
     t0 = time.perf_counter()
     x_train = torch.as_tensor(splits.x_train, device=DEVICE)
     y_train = torch.as_tensor(splits.y_train, device=DEVICE)
-    optimizer = loop.make_optimizer(model, cfg)
+    o = cfg.optim
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = loop.batch_indices(len(x_train), cfg.train.batch_size, gen)
     model.train()
@@ -89,9 +92,9 @@ def bare(splits: Splits, cfg: Config) -> tuple[float, float]:
 
 def instrumented(splits: Splits, cfg: Config) -> tuple[float, float]:
     """(seconds, seconds inside probes) of ``loop.run``."""
-    model = fresh_model(splits, cfg)
+    stack = Stack([fresh_model(splits, cfg)], cfg.model, DEVICE)
     t0 = time.perf_counter()
-    outcome = loop.run(model, splits, cfg, DEVICE)
+    [outcome] = loop.run(stack, splits, [cfg], DEVICE)
     seconds = time.perf_counter() - t0
     if outcome.status != "finished":  # a diverged run would time less work
         raise RuntimeError(f"run {outcome.status} at step {outcome.diverged_at_step}")

@@ -14,7 +14,7 @@ Two measurements, printed as tables; timings are printed, never asserted.
    imports). Side by side, job and compute alternating, it times the **compute alone** for
    the same cell: ``nets.build`` + ``loop.run``, which is what ``execute`` runs for it. The
    fixed cost is job - compute (target at most 50 ms, median); it is broken down by timing
-   ``study.train.log_to_mlflow`` (MLflow) and ``records.write_json`` + ``write_parquet``
+   ``study.runlog.log_cells`` (MLflow) and ``records.write_json`` + ``write_parquet``
    (records) inside the jobs; the rest is "Hydra + task glue".
 
 2. **Sweep throughput, 2 workers vs 1** (``--part throughput``). The real CLI,
@@ -68,6 +68,7 @@ from hydra.core.utils import JobStatus, setup_globals
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf
 
+import study.runlog
 import study.train
 from hydra_plugins.study_sweeps import pool_launcher
 from hydra_plugins.study_sweeps.compose import JobSpec, Planner, task_view
@@ -182,12 +183,12 @@ def fixed_cost(n_jobs: int) -> None:
     sweep_dir = Path(str(master.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     spent: dict[str, float] = defaultdict(float)
-    originals = (study.train.log_to_mlflow, records.write_json, records.write_parquet)
+    originals = (study.runlog.log_cells, records.write_json, records.write_parquet)
     job_s, compute_s, mlflow_s, records_s = [], [], [], []
     # Jobs log to the console (Hydra's job logging); keep that out of the table.
     with open("jobs.log", "w") as log, contextlib.redirect_stdout(log):
         session = Session.start(master, sweep_dir, total=len(jobs))  # MLflow DB, parent run
-        study.train.log_to_mlflow = timed(originals[0], spent, "mlflow")
+        study.runlog.log_cells = timed(originals[0], spent, "mlflow")
         records.write_json = timed(originals[1], spent, "records")
         records.write_parquet = timed(originals[2], spent, "records")
         try:
@@ -201,7 +202,7 @@ def fixed_cost(n_jobs: int) -> None:
                     mlflow_s.append(spent["mlflow"])
                     records_s.append(spent["records"])
         finally:
-            study.train.log_to_mlflow, records.write_json, records.write_parquet = originals
+            study.runlog.log_cells, records.write_json, records.write_parquet = originals
             session.finish()
             root = logging.getLogger()
             for handler in list(root.handlers):  # they write to jobs.log, about to close

@@ -1,26 +1,29 @@
-"""The training loop of one run: probes on their schedule, evaluation, divergence.
+"""The training loop of a group of nets of one shape: probes on their schedule,
+evaluation, divergence.
 
-Between scheduled steps a step is plain PyTorch: forward, backward, (clip), update, and
-the loss kept on the device. Nothing is read back to the host until a probe or an
-evaluation is due, which is also when divergence is checked.
+The group trains as one stack (``study.stack``): one forward, backward and update per step
+for all its nets, each net on its own batches in its own order. Between scheduled steps a
+step is plain PyTorch: forward, backward, (clip), update, and the losses kept on the
+device. Nothing is read back to the host until a probe or an evaluation is due, which is
+also when divergence is checked. A single run is a group of one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from study.config import Config, Optimizer
+from study.config import Config
 from study.data import Splits
-from study.nets import MLP
+from study.optimizers import StackOptimizer
 from study.probes import STATS, Probe, probe_steps
 from study.records import Status
+from study.stack import Stack, per_net_loss
 
 
 @dataclass
@@ -37,17 +40,6 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def make_optimizer(model: MLP, cfg: Config) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name is Optimizer.sgd:
-        return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-        )
-    return torch.optim.AdamW(
-        model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
-    )
-
-
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless shuffled epochs; the last partial batch is dropped (batch norm needs full ones)."""
     batch_size = min(batch_size, n)
@@ -58,19 +50,62 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterat
 
 
 @torch.no_grad()
-def evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(loss, accuracy) in eval mode: batch norm uses its running statistics."""
-    was_training = model.training
-    model.eval()
-    logits = model(x)
-    model.train(was_training)
-    loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(dim=1) == y).double().mean().item()
+def evaluate(stack: Stack, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each net's (loss, accuracy) on (x, y), in eval mode: batch norm uses running statistics."""
+    was_training = stack.training
+    stack.train(False)
+    logits = stack(x)
+    stack.train(was_training)
+    labels = y.expand(logits.shape[0], -1)
+    loss = per_net_loss(logits, labels).double().cpu().numpy()
+    accuracy = (logits.argmax(dim=-1) == labels).double().mean(dim=1).cpu().numpy()
     return loss, accuracy
 
 
-def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
+class Nets:
+    """What the loop keeps per net; ``alive`` maps stack positions to the group's nets."""
+
+    def __init__(self, cfgs: Sequence[Config], x_train: torch.Tensor, device: torch.device):
+        self.alive = list(range(len(cfgs)))
+        self.rows: list[list[tuple[int, dict[str, np.ndarray]]]] = [[] for _ in cfgs]
+        # Separate streams, so that probing more or less never changes the training batches.
+        self.batches = [
+            batch_indices(len(x_train), c.train.batch_size, torch.Generator().manual_seed(c.seed))
+            for c in cfgs
+        ]
+
+    def next_batch(self, device: torch.device) -> torch.Tensor:
+        return torch.stack([next(self.batches[i]) for i in self.alive]).to(device)
+
+    def record(self, step: int, stats: dict[str, np.ndarray]) -> None:
+        for position, i in enumerate(self.alive):
+            self.rows[i].append((step, {k: v[position] for k, v in stats.items()}))
+
+
+def probe_batches(data_x: torch.Tensor, data_y: torch.Tensor, cfgs: Sequence[Config]):
+    """Each net's fixed probe batches, from its own stream: [(x (G, B, in), y (G, B))]."""
+    per_net = []
+    for c in cfgs:
+        stream = torch.Generator().manual_seed(c.seed + 1_000_003)
+        order = torch.randperm(len(data_x), generator=stream)
+        size = c.probe.batch_size
+        per_net.append([order[k * size : (k + 1) * size] for k in range(c.probe.batches)])
+    batches = []
+    for k in range(cfgs[0].probe.batches):
+        idx = torch.stack([net[k] for net in per_net]).to(data_x.device)
+        batches.append((data_x[idx], data_y[idx]))
+    return batches
+
+
+def run(stack: Stack, data: Splits, cfgs: Sequence[Config], device: torch.device) -> list[Outcome]:
+    """Train and probe the nets of ``stack`` together; ``cfgs[g]`` is net g's config.
+
+    The configs agree on everything but the seed, the init (already in the stack) and the
+    learning rate. A net whose loss turns non-finite is recorded as diverged at the check
+    that sees it and leaves the stack; the others go on.
+    """
     t0 = time.perf_counter()
+    cfg = cfgs[0]
     tensors = {
         name: torch.as_tensor(getattr(data, name), device=device)
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
@@ -80,97 +115,112 @@ def run(model: MLP, data: Splits, cfg: Config, device: torch.device) -> Outcome:
             tensors[name] = tensors[name] * cfg.data.input_scale
     x_train, y_train = tensors["x_train"], tensors["y_train"]
     steps = cfg.train.steps
+    group = len(cfgs)
 
-    # Separate streams, so that probing more or less never changes the training batches.
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    probe_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    probe_idx = torch.randperm(len(x_train), generator=probe_gen)
-    probe_batches = []
-    for k in range(cfg.probe.batches):
-        idx = probe_idx[k * cfg.probe.batch_size : (k + 1) * cfg.probe.batch_size].to(device)
-        probe_batches.append((x_train[idx], y_train[idx]))
-
-    probe = Probe(model, cfg.model.activation, probe_batches)
+    nets = Nets(cfgs, x_train, device)
+    probe = Probe(stack, cfg.model.activation, probe_batches(x_train, y_train, cfgs))
     due = set(probe_steps(cfg.probe.schedule, steps)) if cfg.probe.enabled else set()
-    rows: list[tuple[int, dict[str, np.ndarray]]] = []
     probe_time = 0.0
 
-    def measure(step: int, update_ratio: torch.Tensor | None = None) -> None:
+    def measure(step: int, update_ratio: np.ndarray | None = None) -> None:
         nonlocal probe_time
         tp = time.perf_counter()
         stats = probe.measure()
         if update_ratio is not None:
-            stats["update_ratio"] = update_ratio.numpy()
-        rows.append((step, stats))
+            stats["update_ratio"] = update_ratio
+        nets.record(step, stats)
         probe_time += time.perf_counter() - tp
 
     if 0 in due:
         measure(0)
 
-    optimizer = make_optimizer(model, cfg)
-    losses = torch.empty(steps, device=device)
-    curve: dict[str, list[float]] = {
-        k: [] for k in ("step", "train_loss", "val_loss", "val_accuracy")
-    }
-    outcome = Outcome(status=Status.finished, layers={})
-    batches = batch_indices(len(x_train), cfg.train.batch_size, batch_gen)
+    optimizer = StackOptimizer(stack, cfg.optim, [c.optim.lr for c in cfgs])
+    losses = torch.empty(group, steps, device=device)
+    outcomes = [Outcome(status=Status.finished, layers={}) for _ in cfgs]
+    curves = [{k: [] for k in ("step", "train_loss", "val_loss", "val_accuracy")} for _ in cfgs]
     last_eval = 0
     clip = cfg.optim.clip_norm
-    model.train()
+    stack.train()
 
     for step in range(1, steps + 1):
-        idx = next(batches).to(device)
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        idx = nets.next_batch(device)
+        loss = per_net_loss(stack(x_train[idx]), y_train[idx])
+        stack.zero_grad()
+        loss.sum().backward()  # nets share no parameter: each gets its own gradient
         if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.clip(clip)
         probe_due = step in due
         if probe_due:
             probe.before_update()
         optimizer.step()
-        losses[step - 1] = loss.detach()
+        losses[:, step - 1] = loss.detach()
 
         eval_due = step % cfg.train.eval_every == 0 or step == steps
         if not (probe_due or eval_due):
             continue
-        finite = torch.isfinite(losses[:step])
-        if not bool(finite.all()):
-            outcome.status = Status.diverged
-            outcome.diverged_at_step = int((~finite).nonzero()[0].item()) + 1
-            outcome.steps_done = step
-            break
+        finite = torch.isfinite(losses[:, :step])
+        bad = (~finite.all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            for position in bad:
+                out = outcomes[nets.alive[position]]
+                out.status = Status.diverged
+                out.diverged_at_step = int((~finite[position]).nonzero()[0].item()) + 1
+                out.steps_done = step
+            keep = torch.tensor(
+                [p for p in range(len(nets.alive)) if p not in bad], dtype=torch.long
+            )
+            nets.alive = [nets.alive[p] for p in keep.tolist()]
+            if not nets.alive:
+                break
+            keep = keep.to(device)
+            stack.select(keep)
+            optimizer.select(keep)
+            probe.select(keep)
+            losses = losses[keep]
         if probe_due:
             measure(step, probe.update_ratio())
         if eval_due:
-            val_loss, val_acc = evaluate(model, tensors["x_val"], tensors["y_val"])
-            curve["step"].append(step)
-            curve["train_loss"].append(losses[last_eval:step].mean().item())
-            curve["val_loss"].append(val_loss)
-            curve["val_accuracy"].append(val_acc)
+            val_loss, val_acc = evaluate(stack, tensors["x_val"], tensors["y_val"])
+            train_loss = losses[:, last_eval:step].mean(dim=1).tolist()
+            for position, i in enumerate(nets.alive):
+                curve = curves[i]
+                curve["step"].append(step)
+                curve["train_loss"].append(train_loss[position])
+                curve["val_loss"].append(float(val_loss[position]))
+                curve["val_accuracy"].append(float(val_acc[position]))
+                target = cfgs[i].data.target_accuracy
+                if outcomes[i].steps_to_target is None and val_acc[position] >= target:
+                    outcomes[i].steps_to_target = step
             last_eval = step
-            if outcome.steps_to_target is None and val_acc >= cfg.data.target_accuracy:
-                outcome.steps_to_target = step
-    else:
-        outcome.steps_done = steps
 
     train_time = time.perf_counter() - t0 - probe_time
-    if outcome.status is Status.finished and steps > 0:
-        test_loss, test_acc = evaluate(model, tensors["x_test"], tensors["y_test"])
-        val_loss, val_acc = evaluate(model, tensors["x_val"], tensors["y_val"])
-    else:  # diverged, or probe-only (nothing was trained to evaluate)
-        test_loss = test_acc = val_loss = val_acc = math.nan
-    outcome.metrics = {
-        "test_loss": test_loss,
-        "test_accuracy": test_acc,
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
-        "train_loss": curve["train_loss"][-1] if curve["train_loss"] else math.nan,
-    }
-    outcome.curve = curve
-    outcome.layers = stack_rows(rows, len(model.blocks))
-    outcome.timings = {"train_s": train_time, "probe_s": probe_time}
-    return outcome
+    finals: dict[int, tuple[float, ...]] = {}
+    if nets.alive and steps > 0:
+        test = evaluate(stack, tensors["x_test"], tensors["y_test"])
+        val = evaluate(stack, tensors["x_val"], tensors["y_val"])
+        for position, i in enumerate(nets.alive):
+            finals[i] = (*(float(v[position]) for v in test), *(float(v[position]) for v in val))
+    for i, out in enumerate(outcomes):
+        if out.status is Status.finished:
+            out.steps_done = steps
+        # diverged, or probe-only (nothing was trained to evaluate): NaN
+        test_loss, test_acc, val_loss, val_acc = finals.get(i, (math.nan,) * 4)
+        out.metrics = {
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "train_loss": curves[i]["train_loss"][-1] if curves[i]["train_loss"] else math.nan,
+        }
+        out.curve = curves[i]
+        out.layers = stack_rows(nets.rows[i], cfg.model.depth)
+        # The group's time, shared equally: what one net cost in it.
+        out.timings = {
+            "train_s": train_time / group,
+            "probe_s": probe_time / group,
+            "group_size": group,
+        }
+    return outcomes
 
 
 def stack_rows(rows: list[tuple[int, dict[str, np.ndarray]]], depth: int) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """Per-layer gradient and activation statistics, and the per-run summaries built on them.
 
 A probe is a separate forward/backward pass on fixed probe batches, in training mode
-(batch norm uses batch statistics), that leaves the model exactly as it found it:
-gradients cleared, batch-norm running statistics restored. Training steps between
+(batch norm uses batch statistics), that leaves the nets exactly as it found them:
+gradients cleared, batch-norm running statistics restored. It measures every net of a
+stack (``study.stack``) at once, each on its own probe batches. Training steps between
 probes carry no instrumentation at all.
 
 All reductions run in float64 so that tiny float32 gradients are not squared into
@@ -17,11 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from study.config import LAYER_STATS, Activation, Schedule
-from study.nets import ACTIVATIONS, MLP
+from study.nets import ACTIVATIONS
 from study.records import SUMMARY_STATS
+from study.stack import Stack, Trace, per_net_loss
 
 # The per-layer columns of layers.parquet, in order (besides ``step`` and ``layer``).
 STATS = LAYER_STATS
@@ -52,120 +53,108 @@ def probe_steps(schedule: Schedule | str, steps: int) -> list[int]:
 
 
 class Probe:
-    """Measures the statistics of ``STATS`` for every hidden block of ``model``."""
+    """Measures the statistics of ``STATS`` for every hidden block of every net of a stack.
+
+    ``batches`` are (x, y) pairs with one batch per net: x (G, B, in), y (G, B).
+    Results are (G, depth) arrays, net by net in stack order.
+    """
 
     def __init__(
-        self, model: MLP, activation: Activation, batches: Sequence[tuple[torch.Tensor, ...]]
+        self, stack: Stack, activation: Activation, batches: Sequence[tuple[torch.Tensor, ...]]
     ):
-        self.model = model
+        self.stack = stack
         self.spec = ACTIVATIONS[activation]
-        self.batches = batches
+        self.batches = list(batches)
         self._before: list[torch.Tensor] | None = None
 
-    def _weights(self) -> list[torch.Tensor]:
-        return [block.linear.weight for block in self.model.blocks]
+    def select(self, keep: torch.Tensor) -> None:
+        """Follow the stack when nets leave it (call after ``Stack.select``)."""
+        self.batches = [(x[keep], y[keep]) for x, y in self.batches]
+        if self._before is not None:
+            self._before = [w[keep] for w in self._before]
 
     # -- update ratio: bracket one optimizer step ---------------------------------------
 
     def before_update(self) -> None:
-        self._before = [w.detach().clone() for w in self._weights()]
+        self._before = [w.detach().clone() for w in self.stack.weights()]
 
-    def update_ratio(self) -> torch.Tensor:
-        """||W_after - W_before|| / ||W_before|| for the step bracketed by ``before_update``."""
+    def update_ratio(self) -> np.ndarray:
+        """||W_after - W_before|| / ||W_before|| per net and block, for the bracketed step."""
         before, self._before = self._before, None
-        after = [w.detach() for w in self._weights()]
-        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(after, before)))
-        return (delta.double() / torch.stack(torch._foreach_norm(before)).double()).cpu()
+        after = [w.detach() for w in self.stack.weights()]
+        delta = torch.stack([_norms(a - b) for a, b in zip(after, before, strict=True)], dim=1)
+        scale = torch.stack([_norms(b) for b in before], dim=1)
+        return (delta / scale).cpu().numpy()
 
     # -- the probe pass -----------------------------------------------------------------
 
     def measure(self) -> dict[str, np.ndarray]:
-        """One row per block (index 0 = layer 1); ``update_ratio`` is NaN here."""
-        model, blocks = self.model, self.model.blocks
-        depth = len(blocks)
-        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-        was_training = model.training
-        model.train()
-        model.zero_grad(set_to_none=True)
-
-        zs: list[torch.Tensor] = [None] * depth  # type: ignore[list-item]
-        us: list[torch.Tensor] = [None] * depth  # type: ignore[list-item]
-        hs: list[torch.Tensor] = [None] * depth  # type: ignore[list-item]
-
-        def save_output(store: list, index: int, retain_grad: bool = False):
-            def hook(module, inputs, output):
-                if retain_grad:
-                    output.retain_grad()  # dL/dz is read after backward
-                store[index] = output if retain_grad else output.detach()
-
-            return hook
-
-        def save_input(store: list, index: int):
-            def hook(module, inputs, output):
-                store[index] = inputs[0].detach()
-
-            return hook
-
-        handles = []
-        for i, (layer, block) in enumerate(zip(model.layers, blocks, strict=True)):
-            handles.append(block.linear.register_forward_hook(save_output(zs, i, True)))
-            handles.append(block.act.register_forward_hook(save_input(us, i)))
-            handles.append(layer.register_forward_hook(save_output(hs, i)))
-
-        device = next(model.parameters()).device
-        signal_sq = torch.zeros(depth, dtype=torch.float64, device=device)
-        weight_sq = torch.zeros(depth, dtype=torch.float64, device=device)
-        act_sq = torch.zeros(depth, dtype=torch.float64, device=device)
-        act_sum = torch.zeros(depth, dtype=torch.float64, device=device)
+        """One row per net, one column per block (column 0 = layer 1); ``update_ratio`` NaN."""
+        stack = self.stack
+        depth, nets = stack.cfg.depth, stack.size
+        buffers = {name: b.clone() for name, b in stack.buffers.items()}
+        was_training = stack.training
+        stack.train()
+        stack.zero_grad()
+        device = next(iter(stack.params.values())).device
+        shape = (depth, nets)
+        signal_sq, weight_sq, act_sq, act_sum, saturated = (
+            torch.zeros(shape, dtype=torch.float64, device=device) for _ in range(5)
+        )
         act_count = torch.zeros(depth, dtype=torch.float64, device=device)
-        saturated = torch.zeros(depth, dtype=torch.float64, device=device)
-        active: list[torch.Tensor | None] = [None] * depth  # per unit: positive for some example
+        active: list[torch.Tensor | None] = [None] * depth  # per net and unit: ever positive
+        weights = stack.weights()
         try:
             for x, y in self.batches:
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                for i, block in enumerate(blocks):
-                    z, u, h = zs[i], us[i], hs[i]
-                    signal_sq[i] += z.grad.double().square().sum()
-                    weight_sq[i] += block.linear.weight.grad.double().square().sum()
-                    hd = h.double()
-                    act_sq[i] += hd.square().sum()
-                    act_sum[i] += hd.sum()
-                    act_count[i] += hd.numel()
+                trace: list[Trace] = []
+                loss = per_net_loss(stack(x, trace), y)
+                loss.sum().backward()  # nets share no parameter: each gets its own gradient
+                for i, t in enumerate(trace):
+                    signal_sq[i] += t.z.grad.double().square().sum(dim=(1, 2))
+                    weight_sq[i] += weights[i].grad.double().square().sum(dim=(1, 2))
+                    hd = t.h.double()
+                    act_sq[i] += hd.square().sum(dim=(1, 2))
+                    act_sum[i] += hd.sum(dim=(1, 2))
+                    act_count[i] += hd[0].numel()
                     if self.spec.family == "relu":
-                        alive = (u > 0).any(dim=0)
+                        alive = (t.u > 0).any(dim=1)
                         active[i] = alive if active[i] is None else active[i] | alive
                     if self.spec.derivative is not None:
                         limit = SATURATION * self.spec.max_derivative
-                        saturated[i] += (self.spec.derivative(u) < limit).double().mean()
-                model.zero_grad(set_to_none=True)
+                        low = self.spec.derivative(t.u) < limit
+                        saturated[i] += low.double().mean(dim=(1, 2))
+                stack.zero_grad()
         finally:
-            for handle in handles:
-                handle.remove()
-            with torch.no_grad():
-                for name, b in model.named_buffers():
-                    b.copy_(buffers[name])
-            model.train(was_training)
+            stack.buffers.update(buffers)
+            stack.train(was_training)
 
         k = len(self.batches)
-        weights = [w.detach().double() for w in self._weights()]
-        nan = np.full(depth, np.nan)
+        nan = np.full((nets, depth), np.nan)
+
+        def rows(values: torch.Tensor) -> np.ndarray:
+            return values.T.cpu().numpy()  # (depth, G) -> (G, depth)
+
         return {
-            "weight_grad_norm": (weight_sq / k).sqrt().cpu().numpy(),
-            "signal_grad_norm": (signal_sq / k).sqrt().cpu().numpy(),
-            "weight_norm": torch.stack(torch._foreach_norm(weights)).cpu().numpy(),
-            "activation_rms": (act_sq / act_count).sqrt().cpu().numpy(),
-            "activation_mean": (act_sum / act_count).cpu().numpy(),
+            "weight_grad_norm": rows((weight_sq / k).sqrt()),
+            "signal_grad_norm": rows((signal_sq / k).sqrt()),
+            "weight_norm": torch.stack([_norms(w.detach()) for w in weights], dim=1).cpu().numpy(),
+            "activation_rms": rows((act_sq / act_count[:, None]).sqrt()),
+            "activation_mean": rows(act_sum / act_count[:, None]),
             "dead_fraction": (
-                1.0 - torch.stack([a.double().mean() for a in active]).cpu().numpy()
+                rows(1.0 - torch.stack([a.double().mean(dim=1) for a in active]))
                 if self.spec.family == "relu"
                 else nan
             ),
             "saturated_fraction": (
-                (saturated / k).cpu().numpy() if self.spec.derivative is not None else nan.copy()
+                rows(saturated / k) if self.spec.derivative is not None else nan.copy()
             ),
             "update_ratio": nan.copy(),
         }
+
+
+def _norms(w: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of each net's matrix, in float64: (G, out, in) -> (G,)."""
+    return w.double().square().sum(dim=(1, 2)).sqrt()
 
 
 # ------------------------------------------------------------------------- summaries

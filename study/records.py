@@ -31,7 +31,10 @@ LAYERS_FILE = "layers.parquet"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules a run's numbers and record come from. The later stages (collect, analyze, ...)
 # and the MLflow mirror are left out: editing them must not invalidate thousands of cells.
-RUN_MODULES = ("config.py", "data.py", "loop.py", "nets.py", "probes.py", "records.py", "train.py")
+RUN_MODULES = (
+    "config.py", "data.py", "loop.py", "nets.py", "optimizers.py", "probes.py", "records.py",
+    "stack.py", "train.py",
+)  # fmt: skip
 
 
 class Status(enum.StrEnum):
@@ -58,6 +61,29 @@ def summary_column(gradient: str, stat: str, when: str) -> str:
 SUMMARY_COLUMNS = tuple(
     summary_column(g, s, w) for w in WHEN for g in GRADIENTS for s in SUMMARY_STATS
 )
+
+
+def profile_points(layers: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """("init", rows) and, when training moved past it, ("final", rows of the last probe)."""
+    steps = layers["step"]
+    if not len(steps):
+        return []
+    points = [("init", steps == 0)]
+    if steps.max() > 0:
+        points.append(("final", steps == steps.max()))
+    return [(when, rows) for when, rows in points if rows.any()]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"depth": 8}} -> {"model.depth": 8}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -12,7 +12,6 @@ exception ends it as ``failed``, recorded with its error.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import shutil
@@ -20,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,7 +27,6 @@ from typing import Any, NoReturn
 import hydra
 import numpy as np
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
@@ -35,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study import data as datasets
-from study import loop, nets, records, sweep, tracking
+from study import loop, nets, records, runlog, sweep
 from study.config import (
     Config,
     ConfigError,
@@ -47,11 +46,9 @@ from study.config import (
 )
 from study.probes import profile_summary
 from study.records import GRADIENTS, RESULT_STATUSES, Status, summary_column
+from study.stack import Stack
 
 log = logging.getLogger("study.train")
-
-MLFLOW_STATUS = {Status.finished: "FINISHED", Status.diverged: "FINISHED", Status.failed: "FAILED"}
-MLFLOW_MARKER = ".mlflow_run"  # the run id, written as soon as the MLflow run exists
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -62,95 +59,55 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(str(device))
 
 
-def profile_points(layers: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """("init", rows) and, when training moved past it, ("final", rows of the last probe)."""
-    steps = layers["step"]
-    if not len(steps):
-        return []
-    points = [("init", steps == 0)]
-    if steps.max() > 0:
-        points.append(("final", steps == steps.max()))
-    return [(when, rows) for when, rows in points if rows.any()]
-
-
 def summarize(layers: dict[str, np.ndarray]) -> dict[str, Any]:
     """Profile summaries for both gradients at initialization and at the last probe."""
     out: dict[str, Any] = {}
-    for when, rows in profile_points(layers):
+    for when, rows in records.profile_points(layers):
         for grad in GRADIENTS:
             for name, value in profile_summary(layers[f"{grad}_grad_norm"][rows]).items():
                 out[summary_column(grad, name, when)] = value
     return out
 
 
-def profile_plot(layers: dict[str, np.ndarray], path: Path, title: str) -> None:
-    import matplotlib
+@dataclass
+class Cell:
+    """One job of a group: its typed config, the config as recorded, its key and folder."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharex=True)
-    steps = sorted(set(layers["step"].tolist()))
-    for ax, grad in zip(axes, ("signal", "weight"), strict=True):
-        for step in (steps[0], steps[-1]) if len(steps) > 1 else steps[:1]:
-            rows = layers["step"] == step
-            norms = layers[f"{grad}_grad_norm"][rows]
-            with np.errstate(divide="ignore"):
-                ax.plot(layers["layer"][rows], np.log10(norms), marker=".", label=f"step {step}")
-        ax.set_title(f"{grad} gradient")
-        ax.set_xlabel("layer (1 = input side)")
-        ax.set_ylabel("log10 norm")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    cfg: Config
+    resolved: dict[str, Any]
+    key: str
+    out_dir: Path
 
 
-def mlflow_metrics(
-    outcome: loop.Outcome, summary: dict[str, Any], layer_metrics: Sequence[str]
-) -> list:
-    now = int(time.time() * 1000)
-    metrics = [
-        tracking.metric(k, v, timestamp=now)
-        for k, v in {**outcome.metrics, **summary}.items()
-        if v is not None and not isinstance(v, bool) and math.isfinite(v)
-    ]
-    layers = outcome.layers
-    for when, rows in profile_points(layers):
-        for stat in layer_metrics:
-            metrics += tracking.finite_metrics(
-                f"{when}/{stat}", layers[stat][rows], layers["layer"][rows], now
-            )
-    for key in ("train_loss", "val_loss", "val_accuracy"):
-        metrics += tracking.finite_metrics(
-            f"curve/{key}", outcome.curve.get(key, []), outcome.curve.get("step", []), now
-        )
-    return metrics
+def build_stack(cells: Sequence[Cell], splits: datasets.Splits, device: torch.device):
+    """Each net built alone from its own seed (as a single run would), then stacked."""
+    built = []
+    for cell in cells:
+        torch.manual_seed(cell.cfg.seed)
+        built.append(nets.build(splits.num_features, splits.num_classes, cell.cfg.model))
+    return Stack(built, cells[0].cfg.model, device)
 
 
-def execute(
-    cfg: Config,
-    resolved: dict[str, Any],
-    splits: datasets.Splits,
-    out_dir: Path,
-    cell_key: str,
-    parent_run_id: str | None = None,
-) -> dict[str, Any]:
-    """Train, measure and record one run; returns its record (as written to run.json)."""
+def execute_group(
+    cells: Sequence[Cell], splits: datasets.Splits, parent_run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Train, measure and record cells that share a shape, as one stack; their records.
+
+    For each cell, in order: ``layers.parquet``, its MLflow run, and last ``run.json``
+    (so a record on disk means the cell is complete). A crash fails the whole group: its
+    nets ran as one computation; each cell records the error.
+    """
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    cfg = cells[0].cfg
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         # CPU kernels are deterministic already (and this call costs seconds of imports).
         torch.use_deterministic_algorithms(True, warn_only=True)
-    record: dict[str, Any] = {
+    base = {
         "schema_version": records.SCHEMA_VERSION,
-        "run_name": cfg.run_name,
-        "cell_key": cell_key,
-        "config": resolved,
         "code_version": records.code_version(),
         "git_commit": records.git_commit(),
         "data": {"name": str(cfg.data.name), "sha256": splits.sha256},
@@ -164,96 +121,65 @@ def execute(
         "started_at": started.isoformat(),
         "error": None,
     }
-    outcome: loop.Outcome | None = None
+    outcomes: list[loop.Outcome | None] = [None] * len(cells)
+    error: dict[str, str] = {}
     try:
-        torch.manual_seed(cfg.seed)
-        model = nets.build(splits.num_features, splits.num_classes, cfg.model).to(device)
-        outcome = loop.run(model, splits, cfg, device)
-        status = outcome.status
+        stack = build_stack(cells, splits, device)
+        outcomes = list(loop.run(stack, splits, [c.cfg for c in cells], device))
     except Exception as exc:  # noqa: BLE001 - any crash is recorded, then reported
-        status = Status.failed
-        record["error"] = "".join(traceback.format_exception_only(exc)).strip()
-        record["traceback"] = traceback.format_exc()
+        error = {
+            "error": "".join(traceback.format_exception_only(exc)).strip(),
+            "traceback": traceback.format_exc(),
+        }
+    wall = (time.perf_counter() - t0) / len(cells)
 
-    layers = outcome.layers if outcome else loop.stack_rows([], cfg.model.depth)
-    summary = summarize(layers)
-    if outcome is not None:
-        summary.update(
-            steps_done=outcome.steps_done,
-            diverged_at_step=outcome.diverged_at_step,
-            steps_to_target=outcome.steps_to_target,
-        )
-    record.update(
-        status=status,
-        metrics=outcome.metrics if outcome else {},
-        summary=summary,
-        curve=outcome.curve if outcome else {},
-    )
-
-    records.write_parquet(out_dir / records.LAYERS_FILE, layers)
-    timings = {**(outcome.timings if outcome else {}), "wall_s": time.perf_counter() - t0}
-    record["timings"] = timings
+    logged = []
+    for cell, outcome in zip(cells, outcomes, strict=True):
+        layers = outcome.layers if outcome else loop.stack_rows([], cell.cfg.model.depth)
+        summary = summarize(layers)
+        if outcome is not None:
+            summary.update(
+                steps_done=outcome.steps_done,
+                diverged_at_step=outcome.diverged_at_step,
+                steps_to_target=outcome.steps_to_target,
+            )
+        record = {
+            **base,
+            "run_name": cell.cfg.run_name,
+            "cell_key": cell.key,
+            "config": cell.resolved,
+            **error,
+            "status": outcome.status if outcome else Status.failed,
+            "metrics": outcome.metrics if outcome else {},
+            "summary": summary,
+            "curve": outcome.curve if outcome else {},
+            "timings": {**(outcome.timings if outcome else {}), "wall_s": wall},
+        }
+        records.write_parquet(cell.out_dir / records.LAYERS_FILE, layers)
+        logged.append((record, layers, cell.out_dir))
     if cfg.tracking.enabled:
-        record["mlflow"] = log_to_mlflow(cfg, record, outcome, summary, out_dir, parent_run_id)
-    record["finished_at"] = datetime.now(UTC).isoformat()
-    records.write_json(out_dir / records.RUN_FILE, record)
-    return record
+        for (record, _, _), info in zip(
+            logged, runlog.log_cells(cfg.tracking, logged, parent_run_id), strict=True
+        ):
+            record["mlflow"] = info
+    finished = datetime.now(UTC).isoformat()
+    for record, _, out_dir in logged:
+        record["finished_at"] = finished
+        records.write_json(out_dir / records.RUN_FILE, record)
+    return [record for record, _, _ in logged]
 
 
-def log_to_mlflow(
+def execute(
     cfg: Config,
-    record: dict[str, Any],
-    outcome: loop.Outcome | None,
-    summary: dict[str, Any],
+    resolved: dict[str, Any],
+    splits: datasets.Splits,
     out_dir: Path,
+    cell_key: str,
     parent_run_id: str | None = None,
-) -> dict[str, str]:
-    tracker = tracking.tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    tracker.delete_runs(superseded_runs(out_dir, tracker.uri))
-    config_path = out_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(record["config"], sort_keys=False))
-    artifacts = [out_dir / records.LAYERS_FILE, config_path]
-    if cfg.tracking.profile_plot and outcome is not None and len(outcome.layers["step"]):
-        plot = out_dir / "profile.png"
-        profile_plot(outcome.layers, plot, cfg.run_name)
-        artifacts.append(plot)
-    tags = {
-        "study.status": record["status"],
-        "study.cell_key": record["cell_key"],
-        "study.code_version": record["code_version"],
-        "study.data_sha256": record["data"]["sha256"],
-    }
-    if record["error"]:
-        tags["study.error"] = record["error"][:5000]
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    marker = out_dir / MLFLOW_MARKER
-    run_id = tracker.log_run(
-        run_name=cfg.run_name,
-        params=tracking.flatten(record["config"]),
-        tags=tags,
-        metrics=(
-            mlflow_metrics(outcome, {**summary, **record["timings"]}, cfg.tracking.layer_metrics)
-            if outcome
-            else []
-        ),
-        artifacts=artifacts,
-        status=MLFLOW_STATUS[record["status"]],
-        on_create=marker.write_text,
-    )
-    return {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri}
-
-
-def superseded_runs(out_dir: Path, tracking_uri: str) -> list[str]:
-    """MLflow runs an earlier attempt at this job left: its record's, or a half-logged one."""
-    ids = set()
-    previous = records.read_run(out_dir)
-    if previous and (previous.get("mlflow") or {}).get("tracking_uri") == tracking_uri:
-        ids.add(previous["mlflow"]["run_id"])
-    marker = out_dir / MLFLOW_MARKER
-    if marker.exists():
-        ids.add(marker.read_text().strip())
-    return sorted(ids)
+) -> dict[str, Any]:
+    """One cell alone: a group of one."""
+    [record] = execute_group([Cell(cfg, resolved, cell_key, Path(out_dir))], splits, parent_run_id)
+    return record
 
 
 _DATA_CACHE: dict[tuple, datasets.Splits] = {}
@@ -307,6 +233,59 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
     if status == "failed" and hc.mode == RunMode.RUN:
         fail(1, f"{cfg.run_name} failed: {record['error']} (recorded in {out_dir})")
     return sweep.job_result(cfg.run_name, status, key, out_dir, record["error"])
+
+
+def run_group(jobs: Sequence[tuple[DictConfig, Path]], sweep_dir: Path) -> list[dict[str, Any]]:
+    """The pool launcher's entry point: jobs of one sweep that share a shape, run together.
+
+    ``jobs`` are (the task's config, the job's output folder); returns one
+    :func:`study.sweep.job_result` per job, in order. Cells already done are skipped; the
+    rest run as one stack. The launcher groups only jobs that differ in what a stack
+    allows (seed, init, learning rate); a group that mixes shapes is a bug, and says so.
+    """
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo: list[tuple[int, Cell]] = []
+    splits = None
+    for i, (dcfg, out_dir) in enumerate(jobs):
+        cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        validate(cfg)
+        splits = load_data(cfg.data)
+        resolved = as_dict(cfg)
+        key = records.cell_key(resolved, splits.sha256)
+        if is_done(records.read_run(out_dir), key):
+            results[i] = sweep.job_result(cfg.run_name, "skipped", key, out_dir)
+            continue
+        records.clear_partial(out_dir)  # an earlier attempt killed mid-write
+        todo.append((i, Cell(cfg, resolved, key, Path(out_dir))))
+    if todo:
+        cells = [cell for _, cell in todo]
+        check_stackable(cells)
+        parent_id = sweep.parent_run_id(Path(sweep_dir))
+        for (i, cell), record in zip(todo, execute_group(cells, splits, parent_id), strict=True):
+            results[i] = sweep.job_result(
+                cell.cfg.run_name, record["status"], cell.key, cell.out_dir, record["error"]
+            )
+    return results  # type: ignore[return-value]
+
+
+# What may differ between the nets of one stack (the pool launcher's ``group_over``, plus
+# the run name made from them).
+STACKABLE = ("seed", "run_name", "model.init", "optim.lr")
+
+
+def check_stackable(cells: Sequence[Cell]) -> None:
+    """Raise, naming the keys, if the cells differ in more than :data:`STACKABLE`."""
+
+    def shape(cell: Cell) -> dict[str, Any]:
+        flat = records.flatten(cell.resolved)
+        return {k: v for k, v in flat.items() if k not in STACKABLE}
+
+    first = shape(cells[0])
+    for cell in cells[1:]:
+        other = shape(cell)
+        if other != first:
+            differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise ValueError(f"cells of one group differ in {', '.join(differ)}")
 
 
 def is_done(record: dict[str, Any] | None, cell_key: str) -> bool:

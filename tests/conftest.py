@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 
 from study.config import Config, DataConfig, Dataset
 from study.data import load, prepare
+from study.probes import Probe
+from study.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -37,6 +39,13 @@ def compose_config(*overrides: str) -> Config:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         dcfg = compose(config_name="config", overrides=list(overrides))
     return OmegaConf.to_object(dcfg)
+
+
+def probe_net(model, cfg, batches) -> dict:
+    """Probe one net (a stack of one): statistics per block, for (x (B, in), y (B,)) batches."""
+    stack = Stack.of([model], cfg)
+    stats = Probe(stack, cfg.activation, [(x[None], y[None]) for x, y in batches]).measure()
+    return {name: values[0] for name, values in stats.items()}
 
 
 def subprocess_env() -> dict[str, str]:

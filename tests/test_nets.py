@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -12,6 +13,7 @@ import torch
 from study import loop, nets
 from study.config import Activation, Config, Init, ModelConfig, Norm, Skip
 from study.probes import STATS
+from study.stack import Stack
 
 from .conftest import compose_config
 
@@ -35,27 +37,37 @@ def base_config() -> Config:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("activation", "init", "norm", "skip"), GRID, ids=lambda v: str(v))
-def test_every_combination_builds_probes_and_trains(
-    base_config, mnist1d, activation, init, norm, skip
-):
-    cfg = base_config
-    cfg.model.activation, cfg.model.init, cfg.model.norm, cfg.model.skip = (
-        activation, init, norm, skip,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = nets.build(mnist1d.num_features, mnist1d.num_classes, cfg.model)
-    assert len(model.blocks) == 3
-    outcome = loop.run(model, mnist1d, cfg, torch.device("cpu"))
-    assert outcome.status == "finished"
-    assert outcome.steps_done == 3
-    layers = outcome.layers
-    assert sorted(set(layers["step"].tolist())) == [0, 1, 2, 3]
-    assert set(STATS) <= set(layers)
-    assert np.all(np.isfinite(layers["signal_grad_norm"]))
-    assert np.all(layers["signal_grad_norm"] > 0)
-    assert np.all(np.isfinite(layers["update_ratio"][layers["step"] > 0]))
-    assert math.isfinite(outcome.metrics["test_accuracy"])
+SHAPES = list(itertools.product(Activation, Norm, Skip))
+
+
+@pytest.mark.parametrize(("activation", "norm", "skip"), SHAPES, ids=lambda v: str(v))
+def test_every_combination_builds_probes_and_trains(base_config, mnist1d, activation, norm, skip):
+    # Every init of a shape in one stack: the 672 combinations as 96 groups of 7.
+    cfgs = []
+    for init in Init:
+        cfg = copy.deepcopy(base_config)
+        cfg.model.activation, cfg.model.init, cfg.model.norm, cfg.model.skip = (
+            activation, init, norm, skip,
+        )  # fmt: skip
+        cfgs.append(cfg)
+    models = []
+    for cfg in cfgs:
+        torch.manual_seed(0)
+        models.append(nets.build(mnist1d.num_features, mnist1d.num_classes, cfg.model))
+        assert len(models[-1].blocks) == 3
+    stack = Stack(models, cfgs[0].model, torch.device("cpu"))
+    for init, outcome in zip(
+        Init, loop.run(stack, mnist1d, cfgs, torch.device("cpu")), strict=True
+    ):
+        assert outcome.status == "finished", init
+        assert outcome.steps_done == 3
+        layers = outcome.layers
+        assert sorted(set(layers["step"].tolist())) == [0, 1, 2, 3]
+        assert set(STATS) <= set(layers)
+        assert np.all(np.isfinite(layers["signal_grad_norm"]))
+        assert np.all(layers["signal_grad_norm"] > 0)
+        assert np.all(np.isfinite(layers["update_ratio"][layers["step"] > 0]))
+        assert math.isfinite(outcome.metrics["test_accuracy"])
 
 
 def linear_weights(model: nets.MLP) -> list[torch.Tensor]:

@@ -12,12 +12,15 @@ import torch.nn.functional as F
 from study import nets
 from study.config import Activation, Init, ModelConfig, Norm, Skip
 from study.probes import FLOAT32_TINY, Probe, probe_steps, profile_summary
+from study.stack import Stack
+
+from .conftest import probe_net
 
 
 def probe_of(cfg: ModelConfig, x, y, seed=0) -> tuple[nets.MLP, dict[str, np.ndarray]]:
     torch.manual_seed(seed)
     model = nets.build(x.shape[1], int(y.max()) + 1, cfg)
-    return model, Probe(model, cfg.activation, [(x, y)]).measure()
+    return model, probe_net(model, cfg, [(x, y)])
 
 
 def direct_gradients(model: nets.MLP, x, y) -> tuple[list[float], list[float]]:
@@ -58,8 +61,11 @@ def test_recorded_norms_equal_direct_autograd(skip, norm):
     cfg.dense.growth = 3
     model, stats = probe_of(cfg, x, y)
     signal, weight = direct_gradients(model, x, y)
-    np.testing.assert_allclose(stats["signal_grad_norm"], signal, rtol=1e-6)
-    np.testing.assert_allclose(stats["weight_grad_norm"], weight, rtol=1e-6)
+    # The stack writes batch norm out in elementwise ops: float32 rounding differs from
+    # PyTorch's fused kernel (the reference here) at the 1e-6 level.
+    rtol = 1e-5 if norm is Norm.batch else 1e-6
+    np.testing.assert_allclose(stats["signal_grad_norm"], signal, rtol=rtol)
+    np.testing.assert_allclose(stats["weight_grad_norm"], weight, rtol=rtol)
     expected_rms = []
     with torch.no_grad():
         h = model.stem(x)
@@ -69,17 +75,21 @@ def test_recorded_norms_equal_direct_autograd(skip, norm):
     np.testing.assert_allclose(stats["activation_rms"], expected_rms, rtol=1e-6)
 
 
-def test_probe_leaves_the_model_as_it_found_it():
+def test_probe_leaves_the_stack_as_it_found_it():
     torch.manual_seed(0)
     cfg = ModelConfig(depth=3, width=8, norm=Norm.batch)
-    model = nets.build(5, 3, cfg)
-    model.eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    Probe(model, cfg.activation, [(torch.randn(16, 5), torch.randint(0, 3, (16,)))]).measure()
-    assert not model.training
-    assert all(p.grad is None for p in model.parameters())
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    stack = Stack.of([nets.build(5, 3, cfg) for _ in range(2)], cfg)
+    stack.train(False)
+    params = {k: v.detach().clone() for k, v in stack.params.items()}
+    buffers = {k: v.clone() for k, v in stack.buffers.items()}
+    x, y = torch.randn(2, 16, 5), torch.randint(0, 3, (2, 16))
+    Probe(stack, cfg.activation, [(x, y)]).measure()
+    assert not stack.training
+    assert all(p.grad is None for p in stack.params.values())
+    for k, v in stack.params.items():
+        assert torch.equal(v, params[k]), k
+    for k, v in stack.buffers.items():
+        assert torch.equal(v, buffers[k]), k
 
 
 def test_several_probe_batches_average_in_the_squared_domain():
@@ -87,8 +97,8 @@ def test_several_probe_batches_average_in_the_squared_domain():
     cfg = ModelConfig(depth=2, width=8, activation=Activation.relu)
     model = nets.build(5, 3, cfg)
     batches = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
-    one = [Probe(model, cfg.activation, [b]).measure()["signal_grad_norm"] for b in batches]
-    both = Probe(model, cfg.activation, batches).measure()["signal_grad_norm"]
+    one = [probe_net(model, cfg, [b])["signal_grad_norm"] for b in batches]
+    both = probe_net(model, cfg, batches)["signal_grad_norm"]
     np.testing.assert_allclose(both, np.sqrt((one[0] ** 2 + one[1] ** 2) / 2), rtol=1e-9)
 
 
@@ -133,7 +143,7 @@ def test_dead_and_saturated_fractions():
     with torch.no_grad():
         model.blocks[1].linear.bias[:4] = -1e3  # half the units of layer 2 never fire,
         model.blocks[1].linear.bias[4:] = 1e3  # the other half always do
-    stats = Probe(model, cfg.activation, [(x, y)]).measure()
+    stats = probe_net(model, cfg, [(x, y)])
     assert stats["dead_fraction"][1] == 0.5
     assert np.isnan(stats["saturated_fraction"]).all()
 
@@ -141,23 +151,24 @@ def test_dead_and_saturated_fractions():
     model = nets.build(5, 3, cfg)
     with torch.no_grad():
         model.blocks[0].linear.bias[:] = 50.0  # sigmoid'(50) ~ 2e-22: all saturated
-    stats = Probe(model, cfg.activation, [(x, y)]).measure()
+    stats = probe_net(model, cfg, [(x, y)])
     assert stats["saturated_fraction"][0] == 1.0
     assert np.isnan(stats["dead_fraction"]).all()
 
 
-def test_update_ratio_is_the_relative_weight_change():
+def test_update_ratio_is_the_relative_weight_change_of_each_net():
     cfg = ModelConfig(depth=2, width=8)
-    model = nets.build(5, 3, cfg)
-    probe = Probe(model, cfg.activation, [])
-    w = model.blocks[0].linear.weight
+    stack = Stack.of([nets.build(5, 3, cfg) for _ in range(2)], cfg)
+    probe = Probe(stack, cfg.activation, [])
+    w = stack.weights()[0]
     before = w.detach().clone()
     probe.before_update()
     with torch.no_grad():
-        w.add_(0.1)
+        w[1].add_(0.1)  # the second net's first block only
     ratio = probe.update_ratio()
-    assert ratio[0].item() == pytest.approx((0.1 * torch.ones_like(w)).norm() / before.norm())
-    assert ratio[1].item() == 0.0
+    assert ratio.shape == (2, 2)
+    assert ratio[1, 0] == pytest.approx((0.1 * torch.ones_like(w[1])).norm() / before[1].norm())
+    assert ratio[0, 0] == 0.0 and ratio[1, 1] == 0.0
 
 
 def test_underflowed_gradients_are_kept_as_zeros_and_censored_in_summaries():

@@ -170,3 +170,25 @@ def test_a_crashing_cell_is_recorded_as_failed_and_the_sweep_goes_on(workdir, pr
     [parent], children = sweep_runs(f"sqlite:///{workdir / 'mlflow.db'}", "smoke")
     assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert parent.data.metrics["cells_failed"] == 2
+
+
+def test_grouped_sweep_equals_the_job_by_job_sweep(workdir):
+    grid = ("+sweep=smoke", "model.depth=8", "model.activation=tanh", "model.skip=residual",
+            "train.steps=20", "seed=0,1,2", "model.init=xavier_normal,kaiming_normal")  # fmt: skip
+    found = {}
+    for mode, extra in (("group", []), ("alone", ["hydra.launcher.group_task=null"])):
+        sweep_dir = workdir / mode
+        proc = train(workdir, "-m", *grid, f"hydra.sweep.dir={sweep_dir}", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found[mode] = {d.name: records.read_run(d) for d in record_dirs(sweep_dir)}
+    assert len(found["group"]) == 6 and found["group"].keys() == found["alone"].keys()
+    for name, grouped in found["group"].items():
+        alone = found["alone"][name]
+        assert grouped["timings"]["group_size"] == 6 and alone["timings"]["group_size"] == 1
+        for key in ("metrics", "summary", "curve", "status", "cell_key"):
+            assert grouped[key] == alone[key], (name, key)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(workdir / "group" / name / records.LAYERS_FILE),
+            pd.read_parquet(workdir / "alone" / name / records.LAYERS_FILE),
+            check_exact=True,
+        )

@@ -11,7 +11,9 @@ import torch
 
 from study import meanfield, nets, theory
 from study.config import ModelConfig
-from study.probes import Probe, profile_summary
+from study.probes import profile_summary
+
+from .conftest import probe_net
 
 
 def test_relu_with_he_init_keeps_the_gradient_norm():
@@ -160,7 +162,7 @@ def measured_rate(mnist1d, probe_batch: int, batches: int, seeds=(0, 1), **model
         net = nets.build(x.shape[1], 10, cfg)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 7))
         chunks = [order[k * probe_batch : (k + 1) * probe_batch] for k in range(batches)]
-        stats = Probe(net, cfg.activation, [(x[i], y[i]) for i in chunks]).measure()
+        stats = probe_net(net, cfg, [(x[i], y[i]) for i in chunks])
         rates.append(profile_summary(stats["signal_grad_norm"])["log10_rate"])
     return float(np.mean(rates))
 

@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import records
-from study.config import ConfigError, as_dict, validate
-from study.data import Splits
+from study.config import ConfigError, DataConfig, Dataset, as_dict, validate
+from study.data import Splits, load
 from study.probes import STATS
-from study.train import execute
+from study.train import Cell, check_stackable, execute, execute_group
 
 from .conftest import compose_config, train
 
@@ -150,3 +150,55 @@ def test_record_config_is_plain_data_with_enum_names():
     assert plain["probe"]["schedule"] == "log10"
     assert plain["run_name"] == "d8-tanh-kaiming_normal-none-none-s0"
     assert plain == json.loads(json.dumps(plain))
+
+
+def group_cells(tmp_path: Path, prepared: Path, *extra: str) -> list[Cell]:
+    cells = []
+    for init in ("xavier_normal", "kaiming_normal"):
+        for seed in (0, 1):
+            for lr in (0.01, 1e4):  # the large rate diverges: its net leaves the stack
+                cfg = compose_config("data=digits", f"data.dir={prepared}", "model.depth=5",
+                                     "model.width=16", f"model.init={init}", f"seed={seed}",
+                                     f"optim.lr={lr}", "train.steps=30", "train.eval_every=10",
+                                     f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                                     *extra)  # fmt: skip
+                name = f"{init}-{seed}-{lr}"
+                cells.append(Cell(cfg, as_dict(cfg), name, tmp_path / name))
+    return cells
+
+
+# What legitimately differs between two executions of the same cell.
+RUN_SPECIFIC = ("timings", "environment", "started_at", "finished_at", "mlflow", "git_commit")
+
+
+def test_a_cell_alone_and_in_a_group_of_eight_writes_the_same_record(tmp_path, prepared):
+    splits = load(DataConfig(name=Dataset.digits, dir=str(prepared)))
+    grouped = group_cells(tmp_path / "group", prepared, "model.skip=residual")
+    execute_group(grouped, splits)
+    for cell in group_cells(tmp_path / "alone", prepared, "model.skip=residual"):
+        execute_group([cell], splits)
+        mine = records.read_run(cell.out_dir)
+        theirs = records.read_run(tmp_path / "group" / cell.out_dir.name)
+        for record in (mine, theirs):
+            for key in RUN_SPECIFIC:
+                record.pop(key)
+            record["config"]["tracking"].pop("uri")
+        assert mine == theirs, cell.key
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(cell.out_dir / records.LAYERS_FILE),
+            pd.read_parquet(tmp_path / "group" / cell.out_dir.name / records.LAYERS_FILE),
+            check_exact=True,
+        )
+    statuses = [records.read_run(c.out_dir)["status"] for c in grouped]
+    assert statuses.count("diverged") == 4 and statuses.count("finished") == 4
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'group' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.data.tags["study.status"] for r in runs) == ["diverged"] * 4 + ["finished"] * 4
+
+
+def test_cells_that_differ_in_shape_are_refused_as_a_group(tmp_path, prepared):
+    cells = group_cells(tmp_path, prepared)[:2]
+    deeper = compose_config("model.depth=6")
+    cells.append(Cell(deeper, as_dict(deeper), "deeper", tmp_path / "deeper"))
+    with pytest.raises(ValueError, match="model.depth"):
+        check_stackable(cells)

@@ -16,7 +16,7 @@ from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,19 @@ class Planner:
             exclude_keys=dirname.exclude_keys,
         )
         return JobSpec(idx, signature, tuple(overrides), tuple(values), override_dirname)
+
+    def cost(self, job: JobSpec) -> float:
+        """A job's expected work, for ordering: depth x (steps, or 1 for a probe only)."""
+        values = dict(job.values)
+        template = self.templates[job.signature]
+
+        def get(key: str) -> float:
+            if key in values:
+                return float(values[key])
+            node = OmegaConf.select(template, key, default=1)
+            return float(node) if isinstance(node, int | float) else 1.0
+
+        return get("model.depth") * max(get("train.steps"), 1.0)
 
 
 def set_job_fields(cfg: DictConfig, job: JobSpec) -> None:

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,12 @@ class PoolLauncherConf:
     # Each worker runs single-threaded torch: parallelism comes from the workers.
     threads_per_worker: int = 1
     progress_every_s: float = 10.0  # seconds between progress lines (and one at the end)
+    # Jobs that differ only in the ``group_over`` keys run as one group: ``group_task``
+    # ("module:function") gets them all at once; the study's trains them as one stacked
+    # network. Null runs job by job through the Hydra task function.
+    group_task: str | None = "study.train:run_group"
+    group_over: list[str] = field(default_factory=lambda: ["seed", "model.init", "optim.lr"])
+    max_group: int = 32
 
 
 ConfigStore.instance().store(
@@ -85,26 +91,33 @@ def _init_worker(state: bytes) -> None:
     )
 
 
-def _run(job: JobSpec) -> JobReturn:
-    """Hydra's ``run_job`` for one job, minus its per-job config copies.
-
-    Hydra deep-copies the job config three times and masks it twice (~50 ms a job here);
-    a worker owns its job's config outright, so it builds the config and the task's view
-    of it once each, from pickled templates (~3 ms), and hands them over as they are.
-    """
+def _prepare(job: JobSpec) -> tuple[DictConfig, DictConfig, str]:
+    """The job's full config and the task's view of it, built from its template (Hydra's
+    ``run_job`` deep-copies the job config three times and masks it twice, ~50 ms a job;
+    a worker owns its job's config outright, ~3 ms), and its output folder, created."""
     full_bytes, task_bytes = _WORKER["templates"][job.signature]
     config, task_cfg = pickle.loads(full_bytes), pickle.loads(task_bytes)
     for cfg in (config, task_cfg):
         for key, value in job.values:
             OmegaConf.update(cfg, key, value, merge=False)
     set_job_fields(config, job)
-    HydraConfig.instance().cfg = config  # type: ignore[assignment]
     hydra = config.hydra
     output_dir = os.path.abspath(os.path.join(str(hydra.sweep.dir), str(hydra.sweep.subdir)))
     with read_write(hydra.runtime):
         hydra.runtime.output_dir = output_dir
     Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if hydra.output_subdir is not None:
+        subdir = Path(output_dir) / str(hydra.output_subdir)
+        _save_config(task_cfg, "config.yaml", subdir)
+        _save_config(hydra.overrides.task, "overrides.yaml", subdir)
+    return config, task_cfg, output_dir
 
+
+def _run(job: JobSpec) -> JobReturn:
+    """Hydra's ``run_job`` for one job, minus its per-job config copies."""
+    config, task_cfg, output_dir = _prepare(job)
+    HydraConfig.instance().cfg = config  # type: ignore[assignment]
+    hydra = config.hydra
     ret = JobReturn(overrides=list(job.overrides), cfg=task_cfg, working_dir=os.getcwd())
     old_cwd = os.getcwd()
     if hydra.job.chdir:
@@ -112,10 +125,6 @@ def _run(job: JobSpec) -> JobReturn:
         ret.working_dir = output_dir
     try:
         configure_log(hydra.job_logging, hydra.verbose)
-        if hydra.output_subdir is not None:
-            subdir = Path(output_dir) / str(hydra.output_subdir)
-            _save_config(task_cfg, "config.yaml", subdir)
-            _save_config(hydra.overrides.task, "overrides.yaml", subdir)
         callbacks = _WORKER["context"].callbacks
         with env_override(hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=_WORKER["task"])
@@ -131,6 +140,56 @@ def _run(job: JobSpec) -> JobReturn:
     finally:
         os.chdir(old_cwd)
     return ret
+
+
+def _run_group(jobs: Sequence[JobSpec], group_task: str) -> list[JobReturn]:
+    """A group of jobs through the group task in one call; one JobReturn per job.
+
+    Each job still gets its config, output folder and Hydra callbacks; the task sees them
+    all at once. If it raises, every job of the group fails with that exception.
+    """
+    module, name = group_task.split(":")
+    task = getattr(importlib.import_module(module), name)
+    prepared = [_prepare(job) for job in jobs]
+    first = prepared[0][0]
+    HydraConfig.instance().cfg = first  # type: ignore[assignment]
+    configure_log(first.hydra.job_logging, first.hydra.verbose)
+    callbacks = _WORKER["context"].callbacks
+    rets = []
+    for job, (config, task_cfg, _) in zip(jobs, prepared, strict=True):
+        callbacks.on_job_start(config=config, task_function=_WORKER["task"])
+        rets.append(JobReturn(overrides=list(job.overrides), cfg=task_cfg, working_dir=os.getcwd()))
+    with env_override(first.hydra.job.env_set):
+        try:
+            values = task([(t, Path(d)) for _, t, d in prepared], Path(str(first.hydra.sweep.dir)))
+            for ret, value in zip(rets, values, strict=True):
+                ret.return_value, ret.status = value, JobStatus.COMPLETED
+        except Exception as exc:  # noqa: BLE001 - a group's failure is its jobs' result
+            for ret in rets:
+                ret.return_value, ret.status = exc, JobStatus.FAILED
+    _flush_loggers()
+    for ret, (config, _, _) in zip(rets, prepared, strict=True):
+        ret.task_name = JobRuntime.instance().get("name")
+        callbacks.on_job_end(config=config, job_return=ret)
+    return rets
+
+
+def groups(
+    jobs: Sequence[JobSpec], over: Sequence[str], max_group: int, cost: Any
+) -> list[list[int]]:
+    """Indices of jobs that differ only in the ``over`` keys, in chunks of at most
+    ``max_group`` (near-equal sizes), costliest group first so the last ones to finish are
+    short (``cost(job)`` estimates one job's work)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        shape = (job.signature, tuple((k, repr(v)) for k, v in job.values if k not in over))
+        by_shape.setdefault(shape, []).append(i)
+    chunks = []
+    for members in by_shape.values():
+        parts = -(-len(members) // max_group)
+        size = -(-len(members) // parts)
+        chunks += [members[k : k + size] for k in range(0, len(members), size)]
+    return sorted(chunks, key=lambda c: -sum(cost(jobs[i]) for i in c))
 
 
 # --------------------------------------------------------------------- parent side
@@ -191,8 +250,16 @@ class Progress:
 
 class PoolLauncher(Launcher):
     def __init__(
-        self, n_jobs: int = -1, threads_per_worker: int = 1, progress_every_s: float = 10.0
+        self,
+        n_jobs: int = -1,
+        threads_per_worker: int = 1,
+        progress_every_s: float = 10.0,
+        group_task: str | None = None,
+        group_over: Sequence[str] = (),
+        max_group: int = 32,
     ):
+        self.group_task, self.group_over = group_task, tuple(group_over)
+        self.max_group = max(1, max_group)
         self.n_jobs = n_jobs
         self.threads_per_worker = threads_per_worker
         self.progress_every_s = progress_every_s
@@ -216,6 +283,7 @@ class PoolLauncher(Launcher):
         planner = Planner(self.hydra_context, self.config)
         jobs = [planner.plan(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
         workers = min(self.n_jobs if self.n_jobs > 0 else os.cpu_count() or 1, len(jobs))
+        # With groups, fewer tasks than jobs; a worker per task at most.
         log.info(
             "pool launcher: %d jobs on %d workers, sweep dir %s",
             len(jobs), workers, self.config.hydra.sweep.dir,
@@ -245,9 +313,18 @@ class PoolLauncher(Launcher):
                 ),
             ),
         ) as pool:
-            futures = {pool.submit(_run, job): i for i, job in enumerate(jobs)}
+            if self.group_task:
+                chunks = groups(jobs, self.group_over, self.max_group, planner.cost)
+                futures = {
+                    pool.submit(_run_group, [jobs[i] for i in chunk], self.group_task): chunk
+                    for chunk in chunks
+                }
+            else:
+                futures = {pool.submit(_run, job): [i] for i, job in enumerate(jobs)}
             for future in as_completed(futures):
-                ret = future.result()
-                results[futures[future]] = ret
-                progress.update(outcome(ret)["status"])
+                done = future.result()
+                rets = done if self.group_task else [done]
+                for i, ret in zip(futures[future], rets, strict=True):
+                    results[i] = ret
+                    progress.update(outcome(ret)["status"])
         return results  # type: ignore[return-value]

@@ -1,0 +1,158 @@
+"""Nets trained as one stack against the same nets trained one at a time.
+
+G nets of one shape (default: 20 nets, depth 32, width 64, batch 64, relu, no norm, no
+skip, SGD with momentum; seeds 0..G-1, alternating two inits), the same steps and
+batches, one CPU thread, three ways:
+
+- ``plain``: each net alone in a plain PyTorch loop (``nets.build`` + ``torch.optim.SGD``,
+  no probes, no evaluation): what a single run costs without the study's engine;
+- ``alone``: each net alone through ``study.loop.run`` (a stack of one) with the sweep's
+  probes and evaluations;
+- ``group``: the G nets as one stack through ``study.loop.run``, probes and evaluations
+  included.
+
+Printed side by side: seconds, per-net block-steps per second (depth x steps x nets /
+seconds) and the ratio to ``plain``. Also printed: the arithmetic ceiling on this
+machine, the block-steps/s the group would reach if every step cost only its three
+batched matmuls per block at the rate ``torch.bmm`` reaches on the group's shapes (so the
+gap between ``group`` and the ceiling is the engine's own overhead). The variants
+alternate within each repeat; medians are reported. Timings are printed, never asserted.
+
+    .venv/bin/python benchmarks/bench_group.py [--nets 20] [--steps 200] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import compose_config, in_memory_splits  # noqa: E402
+
+from study import loop, nets  # noqa: E402
+from study.config import Config  # noqa: E402
+from study.data import Splits  # noqa: E402
+from study.stack import Stack  # noqa: E402
+
+DEVICE = torch.device("cpu")
+
+
+def built(splits: Splits, cfgs: list[Config]) -> list[nets.MLP]:
+    out = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        out.append(nets.build(splits.num_features, splits.num_classes, cfg.model))
+    return out
+
+
+def plain(splits: Splits, cfgs: list[Config]) -> float:
+    x = torch.as_tensor(splits.x_train)
+    y = torch.as_tensor(splits.y_train)
+    models = built(splits, cfgs)
+    t0 = time.perf_counter()
+    for cfg, model in zip(cfgs, models, strict=True):
+        o = cfg.optim
+        optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum)
+        batches = loop.batch_indices(len(x), cfg.train.batch_size,
+                                     torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+        for _ in range(cfg.train.steps):
+            idx = next(batches)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return time.perf_counter() - t0
+
+
+def alone(splits: Splits, cfgs: list[Config]) -> float:
+    models = built(splits, cfgs)
+    t0 = time.perf_counter()
+    for cfg, model in zip(cfgs, models, strict=True):
+        loop.run(Stack([model], cfg.model, DEVICE), splits, [cfg], DEVICE)
+    return time.perf_counter() - t0
+
+
+def group(splits: Splits, cfgs: list[Config]) -> float:
+    stack = Stack(built(splits, cfgs), cfgs[0].model, DEVICE)
+    t0 = time.perf_counter()
+    outcomes = loop.run(stack, splits, cfgs, DEVICE)
+    seconds = time.perf_counter() - t0
+    if any(o.status != "finished" for o in outcomes):  # a diverged net would time less work
+        raise RuntimeError("a net diverged; lower --lr")
+    return seconds
+
+
+def bmm_ceiling(nets_: int, batch: int, width: int, depth: int, steps: int) -> float:
+    """Block-steps/s per net if a step were its three batched matmuls per block, no more."""
+    x = torch.randn(nets_, batch, width)
+    w = torch.randn(nets_, width, width)
+    g = torch.randn(nets_, batch, width)
+    calls = [lambda: torch.bmm(x, w), lambda: torch.bmm(g, w.transpose(1, 2)),
+             lambda: torch.bmm(x.transpose(1, 2), g)]  # fmt: skip
+    for call in calls:
+        call()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for call in calls:
+            call()
+    per_block_step = (time.perf_counter() - t0) / steps
+    return nets_ / per_block_step
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nets", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    def configs(steps: int) -> list[Config]:
+        common = [f"model.depth={args.depth}", f"model.width={args.width}", "optim=sgd",
+                  f"optim.lr={args.lr}", f"train.steps={steps}", f"train.batch_size={args.batch}",
+                  "train.eval_every=50", "probe.schedule=log10", "train.device=cpu",
+                  "tracking.enabled=false"]  # fmt: skip
+        inits = ("xavier_normal", "kaiming_normal")
+        return [compose_config(*common, f"seed={s}", f"model.init={inits[s % 2]}")
+                for s in range(args.nets)]  # fmt: skip
+
+    splits = in_memory_splits(5000)
+    variants = {"plain": plain, "alone": alone, "group": group}
+    for run in variants.values():  # first-call costs out of the timings
+        run(splits, configs(5)[:2])
+    cfgs = configs(args.steps)
+    print(
+        f"{args.nets} nets, depth {args.depth}, width {args.width}, batch {args.batch}, "
+        f"{args.steps} steps, {args.repeats} repeats, torch {torch.__version__}, 1 thread"
+    )
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.repeats):
+        for name, run in variants.items():
+            seconds[name].append(run(splits, cfgs))
+        print(f"  repeat {r + 1}: " + "  ".join(f"{n} {v[-1]:.2f}s" for n, v in seconds.items()))
+
+    work = args.depth * args.steps * args.nets  # block-steps, all nets together
+    median = {name: statistics.median(v) for name, v in seconds.items()}
+    print()
+    print(f"{'variant':<10}{'median s':>10}{'block-steps/s per net':>24}{'vs plain':>10}")
+    for name, s in median.items():
+        rate = work / s / args.nets
+        print(f"{name:<10}{s:>10.2f}{rate:>24.0f}{median['plain'] / s:>10.2f}x")
+    ceiling = bmm_ceiling(args.nets, args.batch, args.width, args.depth, 200) / args.nets
+    print(f"{'ceiling':<10}{'':>10}{ceiling:>24.0f}"
+          f"{ceiling / (work / median['plain'] / args.nets):>10.2f}x"
+          "   (three torch.bmm per block-step, nothing else)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The batched engine: a stack computes what its nets compute alone, and a net's results do
+not depend on the group it trains in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study import loop, nets
+from study.config import Activation, ModelConfig, Norm, OptimConfig, Optimizer, Skip
+from study.optimizers import StackOptimizer
+from study.records import Status
+from study.stack import Stack, per_net_loss
+
+from .conftest import compose_config
+
+
+def built(cfg: ModelConfig, seeds=(0, 1, 2), features=10, classes=5) -> list[nets.MLP]:
+    out = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        out.append(nets.build(features, classes, cfg))
+    return out
+
+
+@pytest.mark.parametrize("skip", list(Skip))
+@pytest.mark.parametrize("norm", list(Norm))
+@pytest.mark.parametrize("activation", [Activation.relu, Activation.prelu, Activation.tanh])
+def test_stack_forward_equals_each_net_alone(activation, norm, skip):
+    cfg = ModelConfig(depth=3, width=16, activation=activation, norm=norm, skip=skip)
+    models = built(cfg)
+    stack = Stack.of(models, cfg)
+    x = torch.randn(3, 32, 10)
+    for mode in (True, False):  # training (batch statistics), then eval (running ones)
+        stack.train(mode)
+        out = stack(x)
+        for g, model in enumerate(models):
+            model.train(mode)
+            torch.testing.assert_close(out[g], model(x[g]), rtol=1e-5, atol=1e-5)
+    for name, buffer in stack.buffers.items():  # running statistics moved as PyTorch's
+        for g, model in enumerate(models):
+            torch.testing.assert_close(buffer[g], model.get_buffer(name), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("name", list(Optimizer))
+def test_stack_optimizer_equals_torch_optim_with_one_rate_per_net(name, clip):
+    # No batch norm here: the Linear bias before a batch norm has a gradient that is zero
+    # up to rounding, and AdamW turns rounding noise into full steps of either sign.
+    cfg = ModelConfig(depth=3, width=16, activation=Activation.prelu, skip=Skip.highway)
+    ocfg = OptimConfig(name=name, weight_decay=0.01, clip_norm=clip)
+    rates = [0.01, 0.05, 0.1]
+    models = built(cfg)
+    stack = Stack.of(models, cfg)
+    optimizer = StackOptimizer(stack, ocfg, rates)
+    refs = [
+        torch.optim.SGD(m.parameters(), lr=lr, momentum=ocfg.momentum, weight_decay=0.01)
+        if name == Optimizer.sgd
+        else torch.optim.AdamW(m.parameters(), lr=lr, betas=tuple(ocfg.betas), weight_decay=0.01)
+        for m, lr in zip(models, rates, strict=True)
+    ]
+    for _ in range(5):
+        x, y = torch.randn(3, 32, 10), torch.randint(0, 5, (3, 32))
+        stack.zero_grad()
+        per_net_loss(stack(x), y).sum().backward()
+        if clip:
+            optimizer.clip(clip)
+        optimizer.step()
+        for g, (model, ref) in enumerate(zip(models, refs, strict=True)):
+            ref.zero_grad()
+            F.cross_entropy(model(x[g]), y[g]).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            ref.step()
+    for g, model in enumerate(models):
+        for pname, p in model.named_parameters():
+            torch.testing.assert_close(stack.parameter(pname)[g], p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def group_configs(*extra: str, rates=(0.01, 0.1)):
+    return [
+        compose_config(
+            "data=digits",
+            "model.depth=6",
+            "model.width=16",
+            f"model.init={init}",
+            f"seed={seed}",
+            f"optim.lr={lr}",
+            "train.steps=40",
+            "train.eval_every=10",
+            *extra,
+        )  # fmt: skip
+        for init in ("xavier_normal", "kaiming_normal")
+        for seed in (0, 1)
+        for lr in rates
+    ]
+
+
+def run_group(cfgs, splits) -> list[loop.Outcome]:
+    models = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        models.append(nets.build(splits.num_features, splits.num_classes, cfg.model))
+    stack = Stack(models, cfgs[0].model, torch.device("cpu"))
+    return loop.run(stack, splits, cfgs, torch.device("cpu"))
+
+
+def assert_same(a: loop.Outcome, b: loop.Outcome) -> None:
+    assert (a.status, a.steps_done, a.diverged_at_step, a.steps_to_target) == (
+        b.status, b.steps_done, b.diverged_at_step, b.steps_to_target
+    )  # fmt: skip
+    assert a.curve == b.curve
+    np.testing.assert_array_equal(list(a.metrics.values()), list(b.metrics.values()))
+    assert a.layers.keys() == b.layers.keys()
+    for name in a.layers:
+        np.testing.assert_array_equal(a.layers[name], b.layers[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("model.norm=batch", "model.skip=residual"), ("model.activation=tanh", "model.skip=dense"),
+     ("optim=adamw", "model.norm=layer", "model.skip=highway")],
+)  # fmt: skip
+def test_a_net_alone_and_in_its_group_give_bitwise_the_same_record(prepared, extra):
+    from study.data import load
+
+    cfgs = [_with_dir(c, prepared) for c in group_configs(*extra)]
+    splits = load(cfgs[0].data)
+    group = run_group(cfgs, splits)
+    for cfg, in_group in zip(cfgs, group, strict=True):
+        assert_same(run_group([cfg], splits)[0], in_group)
+    again = run_group(cfgs, splits)  # same group, same seeds: identical numbers
+    for a, b in zip(group, again, strict=True):
+        assert_same(a, b)
+
+
+def test_a_diverging_net_leaves_its_group_and_the_others_go_on(prepared):
+    from study.data import load
+
+    cfgs = [_with_dir(c, prepared) for c in group_configs(rates=(0.01, 1e4))]
+    splits = load(cfgs[0].data)
+    group = run_group(cfgs, splits)
+    statuses = [o.status for o in group]
+    assert statuses.count(Status.diverged) == 4 and statuses.count(Status.finished) == 4
+    for cfg, out in zip(cfgs, group, strict=True):
+        if cfg.optim.lr == 1e4:
+            assert out.status is Status.diverged
+            assert 1 <= out.diverged_at_step <= out.steps_done < 40
+            assert np.isnan(out.metrics["test_accuracy"])
+            assert out.layers["step"].max() < out.diverged_at_step  # kept up to divergence
+        else:
+            assert out.steps_done == 40 and np.isfinite(out.metrics["test_accuracy"])
+        assert_same(run_group([cfg], splits)[0], out)
+
+
+def _with_dir(cfg, prepared):
+    cfg.data.dir = str(prepared)
+    return cfg
