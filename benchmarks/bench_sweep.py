@@ -75,6 +75,7 @@ from hydra_plugins.study_sweeps.compose import JobSpec, Planner, task_view
 from study import loop, nets, records
 from study.config import Config, DataConfig, Dataset
 from study.data import prepare
+from study.stack import Stack
 from study.sweep import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +124,8 @@ def compute_alone(cfg: Config) -> float:
     splits = study.train.load_data(cfg.data)  # cached per process, as in a job
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model = nets.build(splits.num_features, splits.num_classes, cfg.model).to(CPU)
-    outcome = loop.run(model, splits, cfg, CPU)
+    model = nets.build(splits.num_features, splits.num_classes, cfg.model)
+    [outcome] = loop.run(Stack([model], cfg.model, CPU), splits, [cfg], CPU)
     seconds = time.perf_counter() - t0
     if outcome.status != "finished":
         raise RuntimeError(f"compute alone: {outcome.status}")
@@ -222,7 +223,7 @@ def fixed_cost(n_jobs: int) -> None:
         ("job: pool_launcher._run(job)", job_s),
         ("compute alone: nets.build + loop.run", compute_s),
         ("fixed cost = job - compute", fixed),
-        ("  MLflow: log_to_mlflow", mlflow_s),
+        ("  MLflow: runlog.log_cells", mlflow_s),
         ("  records: write_json + write_parquet", records_s),
         ("  Hydra + task glue: the rest", glue),
     ]

@@ -80,18 +80,22 @@ class Planner:
         )
         return JobSpec(idx, signature, tuple(overrides), tuple(values), override_dirname)
 
+    def number(self, job: JobSpec, key: str) -> float:
+        """A numeric setting of the job: its own value, else its template's (1 if neither)."""
+        values = dict(job.values)
+        if key in values:
+            return float(values[key])
+        node = OmegaConf.select(self.templates[job.signature], key, default=1)
+        return float(node) if isinstance(node, int | float) else 1.0
+
     def cost(self, job: JobSpec) -> float:
         """A job's expected work, for ordering: depth x (steps, or 1 for a probe only)."""
-        values = dict(job.values)
-        template = self.templates[job.signature]
+        return self.number(job, "model.depth") * max(self.number(job, "train.steps"), 1.0)
 
-        def get(key: str) -> float:
-            if key in values:
-                return float(values[key])
-            node = OmegaConf.select(template, key, default=1)
-            return float(node) if isinstance(node, int | float) else 1.0
-
-        return get("model.depth") * max(get("train.steps"), 1.0)
+    def activations(self, job: JobSpec) -> float:
+        """Elements of one net's activations in a pass: depth x width x the larger batch."""
+        batch = max(self.number(job, "train.batch_size"), self.number(job, "probe.batch_size"))
+        return self.number(job, "model.depth") * self.number(job, "model.width") * batch
 
 
 def set_job_fields(cfg: DictConfig, job: JobSpec) -> None:
