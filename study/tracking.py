@@ -51,18 +51,6 @@ for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"depth": 8}} -> {"model.depth": 8}: MLflow params are flat."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def metric(key: str, value: float, step: int = 0, timestamp: int | None = None) -> Metric:
     return Metric(key, float(value), timestamp or int(time.time() * 1000), int(step))
 
