@@ -23,7 +23,12 @@ from study.config import TrackingConfig
 from study.records import Status
 
 MLFLOW_STATUS = {Status.finished: "FINISHED", Status.diverged: "FINISHED", Status.failed: "FAILED"}
-MLFLOW_MARKER = ".mlflow_run"  # the run id, written as soon as the MLflow run exists
+# The cell's run id, and the ids of the runs it supersedes until they are in the trash,
+# one a line: written as soon as the run has an id (on SQL stores, before its rows are
+# committed), so that the rerun of a job killed while logging trashes what it left.
+MLFLOW_MARKER = ".mlflow_run"
+# libyaml's emitter when PyYAML has it: the same text as yaml.safe_dump, at a third of the cost.
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def profile_plot(layers: dict[str, np.ndarray], path: Path, title: str) -> None:
@@ -76,28 +81,32 @@ def metrics(
 
 
 def superseded_runs(out_dir: Path, tracking_uri: str) -> list[str]:
-    """MLflow runs an earlier attempt at this cell left: its record's, or a half-logged one."""
+    """MLflow runs an earlier attempt at this cell left: its record's, or half-logged ones."""
     ids = set()
     previous = records.read_run(out_dir)
     if previous and (previous.get("mlflow") or {}).get("tracking_uri") == tracking_uri:
         ids.add(previous["mlflow"]["run_id"])
     marker = out_dir / MLFLOW_MARKER
     if marker.exists():
-        ids.add(marker.read_text().strip())
+        ids.update(marker.read_text().split())
     return sorted(ids)
 
 
-def log_cell(
+def write_marker(out_dir: Path, run_ids: Sequence[str]) -> None:
+    (out_dir / MLFLOW_MARKER).write_text("\n".join(run_ids) + "\n")
+
+
+def run_spec(
     tracking_cfg: TrackingConfig,
     record: dict[str, Any],
     layers: dict[str, np.ndarray],
     out_dir: Path,
     parent_run_id: str | None,
-) -> dict[str, str]:
-    tracker = tracking.tracker(tracking_cfg.uri, tracking_cfg.experiment)
-    tracker.delete_runs(superseded_runs(out_dir, tracker.uri))
+    supersedes: list[str],
+) -> tracking.RunSpec:
+    """The cell's MLflow run; writes its config.yaml (and profile plot) artifacts."""
     config_path = out_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(record["config"], sort_keys=False))
+    config_path.write_text(yaml.dump(record["config"], Dumper=DUMPER, sort_keys=False))
     artifacts = [out_dir / records.LAYERS_FILE, config_path]
     if tracking_cfg.profile_plot and len(layers["step"]):
         plot = out_dir / "profile.png"
@@ -113,17 +122,15 @@ def log_cell(
         tags["study.error"] = record["error"][:5000]
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    marker = out_dir / MLFLOW_MARKER
-    run_id = tracker.log_run(
+    return tracking.RunSpec(
         run_name=record["run_name"],
         params=records.flatten(record["config"]),
         tags=tags,
         metrics=metrics(record, layers, tracking_cfg.layer_metrics),
         artifacts=artifacts,
         status=MLFLOW_STATUS[Status(record["status"])],
-        on_create=marker.write_text,
+        supersedes=supersedes,
     )
-    return {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri}
 
 
 def log_cells(
@@ -131,12 +138,32 @@ def log_cells(
     cells: Sequence[tuple[dict[str, Any], dict[str, np.ndarray], Path]],
     parent_run_id: str | None,
 ) -> list[dict[str, str]]:
-    """One MLflow run per cell, (record, layers, out_dir) each; their ids, in order.
+    """One MLflow run per cell: (record, layers, out_dir) -> {"run_id", "experiment_id",
+    "tracking_uri"} each, in order. ``layers.parquet`` is in ``out_dir`` already.
 
-    A superseded run of an earlier attempt at the same cell goes to the trash first, so a
-    rerun never leaves two active runs for one cell.
+    The runs an earlier attempt at a cell left go to the trash first (in the same
+    transaction on SQL stores), so a rerun never leaves two active runs for one cell.
     """
+    if not cells:
+        return []
+    tracker = tracking.tracker(tracking_cfg.uri, tracking_cfg.experiment)
+    out_dirs = [Path(out_dir) for _, _, out_dir in cells]
+    specs = [
+        run_spec(tracking_cfg, record, layers, out_dir, parent_run_id,
+                 superseded_runs(out_dir, tracker.uri))
+        for (record, layers, _), out_dir in zip(cells, out_dirs, strict=True)
+    ]  # fmt: skip
+
+    def on_create(i: int, run_id: str) -> None:
+        # The new id joins the superseded ones, which stay listed until they are trashed:
+        # a job killed anywhere from here leaves its rerun every id it must trash.
+        write_marker(out_dirs[i], [*specs[i].supersedes, run_id])
+
+    run_ids = tracker.log_runs(specs, on_create)
+    for out_dir, spec, run_id in zip(out_dirs, specs, run_ids, strict=True):
+        if spec.supersedes:
+            write_marker(out_dir, [run_id])  # the superseded runs are in the trash now
     return [
-        log_cell(tracking_cfg, record, layers, out_dir, parent_run_id)
-        for record, layers, out_dir in cells
+        {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri}
+        for run_id in run_ids
     ]

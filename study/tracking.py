@@ -1,9 +1,13 @@
 """MLflow: the browsable mirror of the records.
 
-One client per process, talking to the tracking URI of ``tracking.uri`` (a SQLite file by
-default, a tracking server for multi-machine sweeps). Everything a run logs goes out in
-``log_batch`` calls of at most 1000 entities: one call per metric would cost milliseconds
-each on SQLite, and a sweep logs hundreds of thousands.
+One tracker per process and experiment, talking to the tracking URI of ``tracking.uri``
+(a SQLite file by default, a tracking server for multi-machine sweeps).
+
+A group's runs go to a SQLAlchemy-backed store (``sqlite://``, ``postgresql://``) in one
+transaction, written with MLflow's own table models: the rows ``create_run``, ``log_batch``
+and ``set_terminated`` would write, row for row, without their four-plus transactions per
+run (each a lock and a commit on SQLite). A tracking server does its own transactions: it
+gets those client calls, run by run, each ``log_batch`` within MLflow's limits.
 """
 
 from __future__ import annotations
@@ -12,18 +16,36 @@ import functools
 import logging
 import math
 import os
+import random
+import shutil
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LifecycleStage, Metric, Param, RunTag, SourceType
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.tracking.dbmodels.models import (
+    SqlLatestMetric,
+    SqlMetric,
+    SqlParam,
+    SqlRun,
+    SqlTag,
+)
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
-from sqlalchemy import event
+from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import _validate_batch_log_data, _validate_param_keys_unique
+from sqlalchemy import event, insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 # A study's runs are nobody else's business, and usage pings cost time on every call
 # (MLflow reads this at each call).
@@ -32,6 +54,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow's limits per log_batch call.
 MAX_ENTITIES = 1000
 MAX_PARAMS_TAGS = 100
+# A locked database: tries of a group's transaction, and the first wait between them.
+LOCKED_TRIES = 5
+LOCKED_WAIT_S = 0.05
+
+T = TypeVar("T")
 
 
 @event.listens_for(Engine, "connect")
@@ -51,8 +78,12 @@ for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def metric(key: str, value: float, step: int = 0, timestamp: int | None = None) -> Metric:
-    return Metric(key, float(value), timestamp or int(time.time() * 1000), int(step))
+    return Metric(key, float(value), timestamp or now_ms(), int(step))
 
 
 def finite_metrics(
@@ -77,6 +108,46 @@ def batches(params: list[Param], metrics: list[Metric]) -> list[dict[str, list]]
     return out
 
 
+def retry_locked(write: Callable[[], T], tries: int = LOCKED_TRIES) -> T:
+    """``write()``, tried again while the database is locked, after growing random waits.
+
+    Sweep workers share one SQLite file, which takes one writer at a time: MLflow's
+    sessions wait up to 20 s for the lock (``busy_timeout``), but SQLite also refuses some
+    lock requests at once. MLflow reports either as TEMPORARILY_UNAVAILABLE (as it does a
+    PostgreSQL deadlock); the transaction was rolled back whole, so trying it again is safe.
+    """
+    for attempt in range(tries - 1):
+        try:
+            return write()
+        except (MlflowException, OperationalError) as exc:
+            if getattr(exc, "error_code", "TEMPORARILY_UNAVAILABLE") != "TEMPORARILY_UNAVAILABLE":
+                raise
+        time.sleep(LOCKED_WAIT_S * 2**attempt * (1 + random.random()))
+    return write()
+
+
+@dataclass
+class RunSpec:
+    """A finished run to log: what create_run, log_batch and set_terminated would take."""
+
+    run_name: str
+    params: dict[str, Any]
+    tags: dict[str, str]
+    metrics: list[Metric]
+    artifacts: list[Path]
+    status: str  # FINISHED or FAILED
+    supersedes: list[str] = field(default_factory=list)  # runs to trash first
+
+    def validated(self) -> tuple[list[Metric], list[Param], list[RunTag]]:
+        """As log_batch validates them: bad keys raise, overlong values are truncated."""
+        params = [Param(k, str(v)) for k, v in self.params.items()]
+        tags = [RunTag(k, v) for k, v in self.tags.items()]
+        if MLFLOW_RUN_NAME not in self.tags:  # create_run adds it
+            tags.append(RunTag(MLFLOW_RUN_NAME, self.run_name))
+        _validate_param_keys_unique(params)
+        return _validate_batch_log_data(self.metrics, params, tags)
+
+
 @functools.cache
 def tracker(uri: str, experiment: str) -> Tracker:
     """One tracker per process and experiment: a sweep worker reuses it job after job."""
@@ -93,39 +164,82 @@ class Tracker:
         self.experiment_id = (
             found.experiment_id if found else self.client.create_experiment(experiment)
         )
+        store = self.client._tracking_client.store
+        # None: a tracking server (or another store), logged to through the client.
+        self.sql_store = store if isinstance(store, SqlAlchemyStore) else None
 
-    def log_run(
-        self,
-        run_name: str,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        metrics: Sequence[Metric],
-        artifacts: Sequence[Path],
-        status: str,
-        on_create: Callable[[str], None] | None = None,
-    ) -> str:
-        """Create a run, log everything in batches, and close it with ``status``; its id.
+    def log_runs(
+        self, runs: Sequence[RunSpec], on_create: Callable[[int, str], None] | None = None
+    ) -> list[str]:
+        """Log finished runs, their superseded runs trashed first; their ids, in order.
 
-        ``on_create`` receives the id as soon as the run exists, so that a job killed
-        while logging can find and delete its half-logged run when it is rerun.
+        ``on_create(i, run_id)`` is told the i-th run's id before its rows are committed
+        (SQL stores) or as soon as it exists (server), so that a job killed while logging
+        can find and trash a half-logged run when it is rerun.
         """
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        on_create = on_create or (lambda i, run_id: None)
+        if self.sql_store is None:
+            return [
+                self._log_run(spec, functools.partial(on_create, i)) for i, spec in enumerate(runs)
+            ]
+        return self._log_runs_sql(runs, on_create)
+
+    def _log_run(self, spec: RunSpec, on_create: Callable[[str], None]) -> str:
+        """Through the client: create_run, log_batch calls, artifacts, set_terminated."""
+        self.delete_runs(spec.supersedes)
+        run = self.client.create_run(self.experiment_id, run_name=spec.run_name, tags=spec.tags)
         run_id = run.info.run_id
-        if on_create is not None:
-            on_create(run_id)
+        on_create(run_id)
         try:
-            for batch in batches([Param(k, str(v)) for k, v in params.items()], list(metrics)):
+            params = [Param(k, str(v)) for k, v in spec.params.items()]
+            for batch in batches(params, list(spec.metrics)):
                 self.client.log_batch(run_id, **batch)
             # The run's artifact store is known from create_run: copy straight into it
             # instead of looking the run up again for every file.
-            repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
-            for path in artifacts:
-                repository.log_artifact(str(path))
+            self._copy_artifacts(run.info.artifact_uri, spec.artifacts)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=spec.status)
         return run_id
+
+    def _log_runs_sql(self, runs: Sequence[RunSpec], on_create: Callable[[int, str], None]):
+        """The rows of all ``runs`` in one transaction, artifacts copied before it: a run
+        in the store is complete, and a crash before the commit leaves no run at all."""
+        store = self.sql_store
+        experiment = store.get_experiment(self.experiment_id)
+        store._check_experiment_is_active(experiment)  # as create_run checks
+        start = now_ms()
+        run_ids = [uuid.uuid4().hex for _ in runs]  # what create_run would draw
+        for i, run_id in enumerate(run_ids):
+            on_create(i, run_id)
+        artifact_uris = [
+            append_to_uri_path(experiment.artifact_location, run_id, store.ARTIFACTS_FOLDER_NAME)
+            for run_id in run_ids
+        ]
+        for spec, artifact_uri in zip(runs, artifact_uris, strict=True):
+            self._copy_artifacts_before_commit(artifact_uri, spec.artifacts)
+        rows = SqlRows(store, int(self.experiment_id), start, now_ms())
+        for spec, run_id, artifact_uri in zip(runs, run_ids, artifact_uris, strict=True):
+            rows.add(spec, run_id, artifact_uri)
+        trash = sorted({run_id for spec in runs for run_id in spec.supersedes})
+        retry_locked(lambda: rows.write(trash))
+        return run_ids
+
+    def _copy_artifacts(self, artifact_uri: str, paths: Sequence[Path]) -> None:
+        repository = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+        for path in paths:
+            repository.log_artifact(str(path))
+
+    def _copy_artifacts_before_commit(self, artifact_uri: str, paths: Sequence[Path]) -> None:
+        """A local artifact store gets plain copies: its repository's staging file and
+        rename per file (a millisecond per cell) buy nothing while no row names the run."""
+        if urlparse(artifact_uri).scheme not in ("", "file"):
+            return self._copy_artifacts(artifact_uri, paths)
+        folder = Path(local_file_uri_to_path(artifact_uri))
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            shutil.copyfile(path, folder / path.name)
 
     def delete_runs(self, run_ids: Iterable[str]) -> None:
         """Move superseded or half-logged runs to MLflow's trash (``mlflow gc`` purges it)."""
@@ -134,7 +248,7 @@ class Tracker:
                 if self.client.get_run(run_id).info.lifecycle_stage == "active":
                     self.client.delete_run(run_id)
             except MlflowException:
-                pass  # already purged, or logged to another store
+                pass  # already purged, never created, or logged to another store
 
     def open_parent(self, run_id: str | None, run_name: str, tags: dict[str, str]) -> str:
         """Reopen the sweep's parent run if it still exists, else create it; its id."""
@@ -152,3 +266,69 @@ class Tracker:
     ) -> None:
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, status=status)
+
+
+class SqlRows:
+    """A group's rows for MLflow's tables, as its SqlAlchemyStore would write them."""
+
+    def __init__(self, store: SqlAlchemyStore, experiment_id: int, start: int, end: int):
+        self.store, self.experiment_id, self.start, self.end = store, experiment_id, start, end
+        self.tables: dict[type, list[dict[str, Any]]] = {
+            model: [] for model in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)
+        }  # in this order: the later tables' rows refer to their run's row
+
+    def add(self, spec: RunSpec, run_id: str, artifact_uri: str) -> None:
+        metrics, params, tags = spec.validated()
+        self.tables[SqlRun].append({
+            "run_uuid": run_id, "name": spec.run_name, "artifact_uri": artifact_uri,
+            "experiment_id": self.experiment_id, "user_id": "unknown",
+            "source_type": SourceType.to_string(SourceType.UNKNOWN), "source_name": "",
+            "entry_point_name": "", "source_version": "", "status": spec.status,
+            "start_time": self.start, "end_time": self.end, "deleted_time": None,
+            "lifecycle_stage": LifecycleStage.ACTIVE,
+        })  # fmt: skip
+        self.tables[SqlTag] += [{"run_uuid": run_id, "key": t.key, "value": t.value} for t in tags]
+        self.tables[SqlParam] += [
+            {"run_uuid": run_id, "key": p.key, "value": p.value} for p in params
+        ]
+        history = self.metric_rows(run_id, metrics)
+        self.tables[SqlMetric] += history
+        self.tables[SqlLatestMetric] += latest_metrics(history)
+
+    def metric_rows(self, run_id: str, metrics: Sequence[Metric]) -> list[dict[str, Any]]:
+        """Sanitized (NaN -> 0 flagged, inf -> max float) and de-duplicated, as log_batch."""
+        rows: dict[tuple, dict[str, Any]] = {}
+        for m in metrics:
+            is_nan, value = self.store.sanitize_metric_value(m.value)
+            row = {"run_uuid": run_id, "key": m.key, "value": value,
+                   "timestamp": m.timestamp, "step": m.step, "is_nan": is_nan}  # fmt: skip
+            rows.setdefault((m.key, m.timestamp, m.step, value, is_nan), row)
+        return list(rows.values())
+
+    def write(self, trash: Sequence[str]) -> None:
+        """One transaction: superseded runs to the trash, then every row of the group."""
+        with self.store.ManagedSessionMaker(read_only=False) as session:
+            if trash:
+                stale = session.query(SqlRun).filter(
+                    SqlRun.run_uuid.in_(trash), SqlRun.lifecycle_stage == LifecycleStage.ACTIVE
+                )
+                for run in stale.all():
+                    self.store._mark_run_deleted(session, run)
+            for model, rows in self.tables.items():
+                if rows:
+                    session.execute(insert(model), rows)
+
+
+def latest_metrics(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per key, the row log_batch keeps as the latest: greatest (step, timestamp, value),
+    the first logged on a tie."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in history:
+        best = latest.get(row["key"])
+        if best is None or _rank(row) > _rank(best):
+            latest[row["key"]] = row
+    return list(latest.values())
+
+
+def _rank(row: dict[str, Any]) -> tuple:
+    return row["step"], row["timestamp"], row["value"]

@@ -19,8 +19,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from study import records, runlog, tracking
 
 from .conftest import train
+from .test_runlog import assert_same_runs, config, mixed_group
 from .test_sweeps import check_one_run_per_cell
 
 pytestmark = pytest.mark.slow
@@ -102,3 +107,27 @@ def test_smoke_sweep_with_two_workers_reaches_the_postgres_backed_server(workdir
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_one_run_per_cell(workdir, workdir / "multirun" / "smoke", mlflow_server, "smoke")
     assert not (workdir / "mlflow.db").exists()  # nothing went to a local store
+
+
+def test_log_cells_to_a_server_logs_run_by_run_what_the_bulk_path_writes(
+    mlflow_server, postgres_uri, tmp_path, monkeypatch
+):
+    """A server gets the client calls (it does its own transactions); its runs look as
+    the bulk path's runs in SQLite and PostgreSQL stores look, and a rerun trashes what it
+    replaces."""
+    monkeypatch.chdir(tmp_path)  # the local store's artifacts go to ./mlruns
+    assert tracking.tracker(mlflow_server, "direct").sql_store is None
+    cells = mixed_group(tmp_path / "server")
+    first = runlog.log_cells(config(mlflow_server, "direct"), cells, None)
+    for (record, _, out_dir), info in zip(cells, first, strict=True):
+        records.write_json(out_dir / records.RUN_FILE, {**record, "mlflow": info})
+    second = runlog.log_cells(config(mlflow_server, "direct"), cells, None)
+    server = MlflowClient(mlflow_server)
+    live = server.search_runs([second[0]["experiment_id"]], run_view_type=ViewType.ACTIVE_ONLY)
+    assert {r.info.run_id for r in live} == {info["run_id"] for info in second}
+    assert {server.get_run(i["run_id"]).info.lifecycle_stage for i in first} == {"deleted"}
+    for name, store in (("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}"), ("pg", postgres_uri)):
+        assert tracking.tracker(store, f"bulk-{name}").sql_store is not None
+        cfg = config(store, f"bulk-{name}")
+        bulk = runlog.log_cells(cfg, mixed_group(tmp_path / name), None)
+        assert_same_runs(server, second, MlflowClient(store), bulk)
