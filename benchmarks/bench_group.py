@@ -46,8 +46,7 @@ DEVICE = torch.device("cpu")
 def built(splits: Splits, cfgs: list[Config]) -> list[nets.MLP]:
     out = []
     for cfg in cfgs:
-        torch.manual_seed(cfg.seed)
-        out.append(nets.build(splits.num_features, splits.num_classes, cfg.model))
+        out.append(nets.build(splits.num_features, splits.num_classes, cfg.model, cfg.seed))
     return out
 
 
@@ -74,12 +73,12 @@ def alone(splits: Splits, cfgs: list[Config]) -> float:
     models = built(splits, cfgs)
     t0 = time.perf_counter()
     for cfg, model in zip(cfgs, models, strict=True):
-        loop.run(Stack([model], cfg.model, DEVICE), splits, [cfg], DEVICE)
+        loop.run(Stack.of([model], cfg.model), splits, [cfg], DEVICE)
     return time.perf_counter() - t0
 
 
 def group(splits: Splits, cfgs: list[Config]) -> float:
-    stack = Stack(built(splits, cfgs), cfgs[0].model, DEVICE)
+    stack = Stack.of(built(splits, cfgs), cfgs[0].model)
     t0 = time.perf_counter()
     outcomes = loop.run(stack, splits, cfgs, DEVICE)
     seconds = time.perf_counter() - t0

@@ -64,8 +64,8 @@ def in_memory_splits(num_samples: int) -> Splits:
 
 
 def fresh_model(splits: Splits, cfg: Config) -> nets.MLP:
-    torch.manual_seed(cfg.seed)  # as study.train does: same init for every timing
-    return nets.build(splits.num_features, splits.num_classes, cfg.model).to(DEVICE)
+    # As study.train initializes it: the same init for every timing.
+    return nets.build(splits.num_features, splits.num_classes, cfg.model, cfg.seed).to(DEVICE)
 
 
 def bare(splits: Splits, cfg: Config) -> tuple[float, float]:
@@ -92,7 +92,7 @@ def bare(splits: Splits, cfg: Config) -> tuple[float, float]:
 
 def instrumented(splits: Splits, cfg: Config) -> tuple[float, float]:
     """(seconds, seconds inside probes) of ``loop.run``."""
-    stack = Stack([fresh_model(splits, cfg)], cfg.model, DEVICE)
+    stack = Stack.of([fresh_model(splits, cfg)], cfg.model)
     t0 = time.perf_counter()
     [outcome] = loop.run(stack, splits, [cfg], DEVICE)
     seconds = time.perf_counter() - t0

@@ -12,7 +12,7 @@ Two measurements, printed as tables; timings are printed, never asserted.
    launcher sends its workers, and times ``pool_launcher._run(job)``, the worker's per-job
    path, for N cells (seeds 0..N-1) after a few untimed warm-up jobs (the first pays lazy
    imports). Side by side, job and compute alternating, it times the **compute alone** for
-   the same cell: ``nets.build`` + ``loop.run``, which is what ``execute`` runs for it. The
+   the same cell: ``nets.initial_state`` + ``loop.run``, which is what ``execute`` runs for it. The
    fixed cost is job - compute (target at most 50 ms, median); it is broken down by timing
    ``study.runlog.log_cells`` (MLflow) and ``records.write_json`` + ``write_parquet``
    (records) inside the jobs; the rest is "Hydra + task glue".
@@ -72,10 +72,9 @@ import study.runlog
 import study.train
 from hydra_plugins.study_sweeps import pool_launcher
 from hydra_plugins.study_sweeps.compose import JobSpec, Planner, task_view
-from study import loop, nets, records
+from study import loop, records
 from study.config import Config, DataConfig, Dataset
 from study.data import prepare
-from study.stack import Stack
 from study.sweep import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,31 +118,43 @@ def timed(fn: Callable, spent: dict[str, float], bucket: str) -> Callable:
     return wrapper
 
 
-def compute_alone(cfg: Config) -> float:
-    """Seconds of what ``execute`` computes for the cell: build the model, ``loop.run``."""
-    splits = study.train.load_data(cfg.data)  # cached per process, as in a job
+def compute_alone(cfgs: list[Config]) -> float:
+    """Seconds of what ``execute_group`` computes for the cells: their initial states, the
+    stack, ``loop.run``."""
+    splits = study.train.load_data(cfgs[0].data)  # cached per process, as in a job
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    model = nets.build(splits.num_features, splits.num_classes, cfg.model)
-    [outcome] = loop.run(Stack([model], cfg.model, CPU), splits, [cfg], CPU)
+    cells = [study.train.Cell(cfg, {}, "", Path(".")) for cfg in cfgs]
+    stack = study.train.build_stack(cells, splits, CPU)
+    outcomes = loop.run(stack, splits, cfgs, CPU)
     seconds = time.perf_counter() - t0
-    if outcome.status != "finished":
-        raise RuntimeError(f"compute alone: {outcome.status}")
+    if any(o.status != "finished" for o in outcomes):
+        raise RuntimeError("compute alone: a cell did not finish")
     return seconds
 
 
-def run_job(job: JobSpec, session: Session) -> float:
+def run_jobs(jobs: list[JobSpec], session: Session) -> float:
+    """Seconds of the worker's path for these jobs: ``_run(job)`` for one, ``_run_group``."""
     t0 = time.perf_counter()
-    ret = pool_launcher._run(job)
+    if len(jobs) == 1:
+        rets = [pool_launcher._run(jobs[0])]
+    else:
+        rets = pool_launcher._run_group(jobs, "study.train:run_group")
     seconds = time.perf_counter() - t0
-    cell = pool_launcher.outcome(ret)
-    session.add(cell)
-    if ret.status is not JobStatus.COMPLETED or cell["status"] != "finished":
-        raise RuntimeError(f"job {job.idx} ({job.overrides}): {cell['status']}: {cell['error']}")
+    for job, ret in zip(jobs, rets, strict=True):
+        cell = pool_launcher.outcome(ret)
+        session.add(cell)
+        if ret.status is not JobStatus.COMPLETED or cell["status"] != "finished":
+            raise RuntimeError(
+                f"job {job.idx} ({job.overrides}): {cell['status']}: {cell['error']}"
+            )
     return seconds
 
 
-def fixed_cost(n_jobs: int) -> None:
+INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+         "orthogonal", "lecun_normal")  # fmt: skip
+
+
+def fixed_cost(n_jobs: int, group: int) -> None:
     torch.set_num_threads(1)  # what each job sets (train.threads=1) and a pool worker runs
     hydra = Hydra.create_main_hydra2(
         task_name="train", config_search_path=create_config_search_path(str(CONF))
@@ -162,9 +173,21 @@ def fixed_cost(n_jobs: int) -> None:
     context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
     HydraConfig.instance().set_config(master)
     planner = Planner(context, master)
-    # Warm-up cells get seeds of their own: a timed cell must not find a record and skip.
-    seeds = [10_000 + k for k in range(WARMUP)] + list(range(n_jobs))
-    jobs = [planner.plan(i, ["+sweep=smoke", *CELL, f"seed={s}"]) for i, s in enumerate(seeds)]
+    # Groups as the launcher makes them: jobs that differ in seed and init only. Warm-up
+    # jobs get seeds of their own: a timed cell must not find a record and skip.
+    modes = {"job by job": 1, f"groups of {group}": group}
+    seeds = iter(range(10**6))
+    plan: dict[str, list[list[JobSpec]]] = {}
+    for mode, size in modes.items():
+        chunks = []
+        for _ in range(WARMUP + n_jobs // size):
+            chunk = []
+            for _ in range(size):
+                seed = next(seeds)
+                overrides = ["+sweep=smoke", *CELL, f"model.init={INITS[seed % 7]}", f"seed={seed}"]
+                chunk.append(planner.plan(seed, overrides))
+            chunks.append(chunk)
+        plan[mode] = chunks
     # The launcher's own payload for its workers, through the worker's own initializer.
     templates = {
         signature: (pickle.dumps(cfg), pickle.dumps(task_view(cfg)))
@@ -180,28 +203,36 @@ def fixed_cost(n_jobs: int) -> None:
             OmegaConf.update(cfg, key, value, merge=False)
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
-    configs = [typed(job) for job in jobs]
     sweep_dir = Path(str(master.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     spent: dict[str, float] = defaultdict(float)
     originals = (study.runlog.log_cells, records.write_json, records.write_parquet)
-    job_s, compute_s, mlflow_s, records_s = [], [], [], []
+    rows: dict[str, dict[str, list[float]]] = {}
     # Jobs log to the console (Hydra's job logging); keep that out of the table.
     with open("jobs.log", "w") as log, contextlib.redirect_stdout(log):
-        session = Session.start(master, sweep_dir, total=len(jobs))  # MLflow DB, parent run
+        session = Session.start(master, sweep_dir, total=sum(
+            len(c) for chunks in plan.values() for c in chunks))  # fmt: skip
         study.runlog.log_cells = timed(originals[0], spent, "mlflow")
         records.write_json = timed(originals[1], spent, "records")
         records.write_parquet = timed(originals[2], spent, "records")
         try:
-            for k, (job, cfg) in enumerate(zip(jobs, configs, strict=True)):
-                spent.clear()
-                seconds = run_job(job, session)
-                compute = compute_alone(cfg)
-                if k >= WARMUP:
-                    job_s.append(seconds)
-                    compute_s.append(compute)
-                    mlflow_s.append(spent["mlflow"])
-                    records_s.append(spent["records"])
+            for mode, chunks in plan.items():
+                per_cell = rows[mode] = defaultdict(list)
+                for k, chunk in enumerate(chunks):
+                    cfgs = [typed(job) for job in chunk]
+                    spent.clear()
+                    seconds = run_jobs(chunk, session)
+                    compute = compute_alone(cfgs)
+                    if k >= WARMUP:
+                        n = len(chunk)
+                        per_cell["job"].append(seconds / n)
+                        per_cell["compute"].append(compute / n)
+                        per_cell["fixed"].append((seconds - compute) / n)
+                        per_cell["mlflow"].append(spent["mlflow"] / n)
+                        per_cell["records"].append(spent["records"] / n)
+                        per_cell["glue"].append(
+                            (seconds - compute - spent["mlflow"] - spent["records"]) / n
+                        )
         finally:
             study.runlog.log_cells, records.write_json, records.write_parquet = originals
             session.finish()
@@ -210,26 +241,27 @@ def fixed_cost(n_jobs: int) -> None:
                 root.removeHandler(handler)
                 handler.close()
 
-    fixed = [j - c for j, c in zip(job_s, compute_s, strict=True)]
-    glue = [f - m - r for f, m, r in zip(fixed, mlflow_s, records_s, strict=True)]
     print()
     print(
-        f"Fixed cost per run: {' '.join(CELL)}, +sweep=smoke; {n_jobs} jobs after {WARMUP} "
-        f"warm-up, in one process, job and compute alternating, torch "
-        f"{torch.get_num_threads()} thread"
+        f"Fixed cost per cell: {' '.join(CELL)}, +sweep=smoke, seeds and inits varying; "
+        f"{n_jobs} cells each way after {WARMUP} warm-up jobs or groups, in one process, "
+        f"worker path and compute alternating, torch {torch.get_num_threads()} thread"
     )
-    print(f"{'':<42}{'median ms':>10}{'p90 ms':>10}")
-    rows = [
-        ("job: pool_launcher._run(job)", job_s),
-        ("compute alone: nets.build + loop.run", compute_s),
-        ("fixed cost = job - compute", fixed),
-        ("  MLflow: runlog.log_cells", mlflow_s),
-        ("  records: write_json + write_parquet", records_s),
-        ("  Hydra + task glue: the rest", glue),
-    ]
-    for name, values in rows:
-        print(f"{name:<42}{ms(values):>10.1f}{ms(values, 'p90'):>10.1f}")
-    print(f"fixed cost per run: {ms(fixed):.1f} ms median (target <= 50 ms)")
+    labels = {
+        "job": "worker path: _run(job) / _run_group",
+        "compute": "compute alone: init + stack + loop.run",
+        "fixed": "fixed cost = worker path - compute",
+        "mlflow": "  MLflow: runlog.log_cells",
+        "records": "  records: write_json + write_parquet",
+        "glue": "  Hydra + task glue: the rest",
+    }
+    header = "".join(f"{mode + ' (median ms)':>26}" for mode in rows)
+    print(f"{'per cell':<42}{header}")
+    for key, label in labels.items():
+        print(f"{label:<42}" + "".join(f"{ms(rows[m][key]):>26.2f}" for m in rows))
+    (one, *_), (grouped, *_) = ([ms(rows[m]["fixed"])] for m in rows)
+    print(f"fixed cost per cell: {one:.1f} ms job by job, {grouped:.1f} ms in groups of {group} "
+          f"({one / grouped:.1f}x less; target <= 5 ms in groups)")  # fmt: skip
 
 
 # ------------------------------------------------------------------ part 2: throughput
@@ -340,7 +372,8 @@ def throughput(seeds: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=200, help="timed jobs in part 1")
+    parser.add_argument("--jobs", type=int, default=210, help="timed cells in part 1, each way")
+    parser.add_argument("--group", type=int, default=21, help="cells per group in part 1")
     parser.add_argument("--part", choices=("fixed", "throughput", "all"), default="all")
     parser.add_argument(
         "--seeds", type=int, default=6, help="seeds in part 2's grid (64 cells per seed)"
@@ -357,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(work)
     try:
         if args.part in ("fixed", "all"):
-            fixed_cost(args.jobs)
+            fixed_cost(args.jobs, args.group)
         if args.part in ("throughput", "all"):
             throughput(args.seeds)
     finally:

@@ -3,7 +3,7 @@ trainable depth, and a verdict for every claim.
 
     python -m study.analyze
 
-reads ``results/tables/{runs,layers}.parquet`` and writes ``results/analysis/``:
+reads ``results/tables/{runs,layers,curves}.parquet`` and writes ``results/analysis/``:
 
 - ``decay_rates.parquet``: per cell, the measured per-layer signal- and weight-gradient
   rates at initialization (mean over seeds, Student-t interval) beside the mean-field
@@ -12,6 +12,9 @@ reads ``results/tables/{runs,layers}.parquet`` and writes ``results/analysis/``:
   descriptive) of the log10 gradient rate at init and of the test accuracy of finished runs;
 - ``trainable_depth.parquet``: per activation x init x norm x skip, the first depth that
   fails to train, beside 6 xi_c from theory;
+- ``tuning.parquet``: per configuration of the train sweep, the learning rate it is judged
+  at (the best on validation), its validation accuracy at every rate tried, and how much
+  it still gained over the last quarter of the budget (has training levelled off?);
 - ``claims.parquet`` and ``claims.json`` (DVC metrics): the hypotheses of ``study.claims``
   tested by ``study.verdicts`` -- every target, within-target and secondary row.
 
@@ -35,6 +38,10 @@ from study.tables import write_table
 AGREEMENT = 0.10  # measured vs predicted per-layer gradient ratio: "agrees" within 10%
 TRAINABLE_MARGIN = 0.05  # a depth fails if its mean accuracy is below the shallowest's - this
 TRAINABLE_FLOOR = 0.5  # ... or if the shallowest itself is below this (it fails there)
+# Training has levelled off if the mean validation accuracy at the chosen rate rose by less
+# than this over the last quarter of the budget (about 2 standard errors of a 5-seed mean
+# on the 360 validation images).
+LEVELLED_OFF = 0.01
 AXES = ("activation", "init", "norm", "skip", "depth")
 
 # ---------------------------------------------------------------------------- decay rates
@@ -101,6 +108,8 @@ def factor_effects(runs: pd.DataFrame) -> pd.DataFrame:
     for sweep, response in (("init", summary_column("signal", "log10_rate", "init")),
                             ("train", "test_accuracy")):  # fmt: skip
         data = runs[(runs["sweep"] == sweep) & (runs["status"] == Status.finished)]
+        if sweep == "train":  # each configuration at its best learning rate
+            data = tuned(runs)[lambda r: r["status"] == Status.finished]
         table = stats.factorial_model(data, response, AXES, INTERACTIONS)
         table.insert(0, "response", response)
         table.insert(0, "sweep", sweep)
@@ -120,7 +129,7 @@ def trainable_depth(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.Data
     is below TRAINABLE_FLOOR. ``fails_at`` is <NA> when no depth of the grid fails. Beside it,
     6 xi_c of the plain net (Schoenholz et al. 2017: signals cross about 6 depth scales),
     where theory gives a depth scale (infinite at the edge of chaos)."""
-    train = runs[(runs["sweep"] == "train") & (runs["status"] != Status.failed)]
+    train = tuned(runs)[lambda r: r["status"] != Status.failed]
     rows = []
     keys = ["activation", "init", "norm", "skip"]
     for key, group in train.groupby(keys, observed=True, sort=True):
@@ -148,6 +157,52 @@ def trainable_depth(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.Data
     return frame
 
 
+# ---------------------------------------------------------------------------------- tuning
+
+
+def tuned(runs: pd.DataFrame) -> pd.DataFrame:
+    """The train sweep's runs at each configuration's best learning rate."""
+    train = runs[(runs["sweep"] == "train") & (runs["status"] != Status.failed)]
+    return outcomes.at_best_lr(train, AXES)
+
+
+def tuning(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration of the train sweep: the rate it is judged at, the mean validation
+    accuracy (diverged runs 0) at each rate tried, and, at the chosen rate, the mean gain in
+    validation accuracy of its finished runs over the last quarter of the budget."""
+    train = runs[(runs["sweep"] == "train") & (runs["status"] != Status.failed)]
+    columns = [*AXES, "lr", "val_accuracy", "rates", "val_by_lr", "steps",
+               "last_quarter_gain", "levelled_off"]  # fmt: skip
+    if train.empty:
+        return pd.DataFrame(columns=columns)
+    best = outcomes.best_lr(train, AXES)
+    score = train["val_accuracy"].where(train["status"] == Status.finished, 0.0).fillna(0.0)
+    by_rate = train.assign(score=score).groupby([*AXES, "lr"], observed=True)["score"].mean()
+    listed = by_rate.reset_index().groupby(list(AXES), observed=True).apply(
+        lambda g: ",".join(f"{lr:g}:{v:.3f}" for lr, v in zip(g["lr"], g["score"], strict=True)),
+        include_groups=False,
+    ).rename("val_by_lr")  # fmt: skip
+    best = best.merge(listed.reset_index(), on=list(AXES))
+    # The validation accuracy of each finished run at its last evaluation and at the one
+    # nearest three quarters of its budget.
+    chosen = tuned(runs)
+    finished = chosen[chosen["status"] == Status.finished][["sweep", "run_name", "steps"]]
+    points = curves.merge(finished, on=["sweep", "run_name"], suffixes=("", "_budget"))
+    points = points.assign(distance=(points["step"] - 0.75 * points["steps_budget"]).abs())
+    run = ["sweep", "run_name"]
+    last = points[points["step"] == points["steps_budget"]].set_index(run)["val_accuracy"]
+    early = points.sort_values("distance").drop_duplicates(run).set_index(run)["val_accuracy"]
+    gain = (last - early).rename("gain").reset_index().merge(chosen[[*run, *AXES]], on=run)
+    per_config = gain.groupby(list(AXES), observed=True)["gain"].mean().rename(
+        "last_quarter_gain").reset_index()  # fmt: skip
+    best = best.merge(per_config, on=list(AXES), how="left")
+    steps = train.groupby(list(AXES), observed=True)["steps"].max().rename("steps")
+    best = best.merge(steps.reset_index(), on=list(AXES))
+    best["levelled_off"] = (best["last_quarter_gain"] < LEVELLED_OFF).astype("boolean")
+    best.loc[best["last_quarter_gain"].isna(), "levelled_off"] = pd.NA
+    return best[columns]
+
+
 # ------------------------------------------------------------------------------ the stage
 
 
@@ -161,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runs = pd.read_parquet(args.tables / "runs.parquet")
         layers = pd.read_parquet(args.tables / "layers.parquet")
+        curves = pd.read_parquet(args.tables / "curves.parquet")
         manifest = json.loads((args.data / "manifest.json").read_text())
     except FileNotFoundError as exc:
         print(f"study.analyze: error: {exc.filename} not found; run `dvc repro collect` first",
@@ -172,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         "decay_rates": decay_rates(runs, num_features),
         "factor_effects": factor_effects(runs),
         "trainable_depth": trainable_depth(runs, num_features),
+        "tuning": tuning(runs, curves),
         "claims": table,
     }
     for name, frame in outputs.items():

@@ -10,7 +10,8 @@ stratum, the levels of every axis it pools must not point both ways by more than
 ``secondary`` axes are reported beside the target, never pooled into it. "Keeps gradients
 alive/stable" is ``flatness`` (distance from flat); "larger" is a signed value.
 Trainability is the accuracy of the runs that finished, with ``finite`` (1 - divergence
-rate) as a part of its own.
+rate) as a part of its own, each configuration at its best learning rate of the sweep
+(``study.outcomes.best_lr``, chosen on validation accuracy).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ HYPOTHESES: list[Hypothesis | NotTested] = [
                "lr_range", "finite", Compare("setup", ("adamw+clip",), ("sgd",)),
                min_effect=0.1),
     Hypothesis("C12", "C12b", "AdamW with clipping reaches the target in fewer steps than SGD "
-               "(each at its best learning rate of the grid)", "002",
+               "(each at its best learning rate of the grid, chosen on validation)", "002",
                "lr_range", "steps_needed", Compare("setup", ("adamw+clip",), ("sgd",)),
                direction=-1, min_effect=STEPS),
     Hypothesis("C12", "C12c", "With AdamW and clipping, Xavier init reaches the target in fewer "
@@ -186,8 +187,15 @@ HYPOTHESES: list[Hypothesis | NotTested] = [
               "optimization", "002",
               "the train-test gap of residual and plain nets at matched training loss, with a "
               "budget long enough to overfit; the 150-step training sweep stops before that"),
-    NotTested("C19", "C19", "ReLU-family activations train faster than sigmoid/tanh", "002",
-              "steps to target at each activation's best learning rate (a learning-rate "
-              "sweep per activation); the training sweep has one learning rate"),
+    Hypothesis("C19", "C19a", "Plain nets: the ReLU family reaches the target accuracy in "
+               "fewer steps than sigmoid (each at its best learning rate)", "002",
+               "train", "steps_needed", Compare("activation", RELU_FAMILY, ("sigmoid",)),
+               where=PLAIN, secondary=(("norm", "skip"),), also=("train_loss",),
+               direction=-1, min_effect=STEPS),
+    Hypothesis("C19", "C19b", "Plain nets: the ReLU family reaches the target accuracy in "
+               "fewer steps than tanh (each at its best learning rate)", "002",
+               "train", "steps_needed", Compare("activation", RELU_FAMILY, ("tanh",)),
+               where=PLAIN, secondary=(("norm", "skip"),), also=("train_loss",),
+               direction=-1, min_effect=STEPS),
 ]
 # fmt: on

@@ -1,4 +1,4 @@
-"""Stage ``collect``: the run records of a profile's sweeps -> two tidy tables.
+"""Stage ``collect``: the run records of a profile's sweeps -> three tidy tables.
 
     python -m study.collect --profile standard
 
@@ -9,6 +9,8 @@ reads ``multirun/<profile>/<sweep>/sweep.json`` for each sweep of ``study.sweep.
 - ``results/tables/runs.parquet``: one row per run (:data:`RUN_COLUMNS`);
 - ``results/tables/layers.parquet``: one row per run, probe step and layer, with the run's
   axes repeated on every row (:data:`LAYER_COLUMNS`), so a plot needs no join;
+- ``results/tables/curves.parquet``: one row per run and evaluation of its training
+  (:data:`CURVE_COLUMNS`), the axes repeated likewise;
 - ``results/metrics/collect.json``: run counts by sweep and status (DVC metrics).
 
 Only the listed cells are gathered, and each record must carry the listed cell key: records
@@ -119,6 +121,16 @@ LAYER_COLUMNS: dict[str, Any] = {
 }
 
 
+# The training curve of run.json: per evaluation, the mean training loss since the previous
+# one, the validation loss and accuracy.
+CURVE_STATS = ("train_loss", "val_loss", "val_accuracy")
+CURVE_COLUMNS: dict[str, Any] = {
+    **AXES,
+    "step": "int64",
+    **{stat: "float64" for stat in CURVE_STATS},
+}
+
+
 class CollectError(Exception):
     """The records cannot make a complete, consistent table; the message says why."""
 
@@ -208,9 +220,19 @@ def read_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     return cells
 
 
+def curve_arrays(record: dict[str, Any]) -> dict[str, np.ndarray]:
+    curve = record.get("curve") or {}
+    out = {"step": np.asarray(curve.get("step", []), dtype=np.int64)}
+    for stat in CURVE_STATS:  # null in run.json: NaN (a diverged evaluation)
+        out[stat] = np.asarray([np.nan if v is None else v for v in curve.get(stat, [])],
+                               dtype=np.float64)  # fmt: skip
+    return out
+
+
 def gather(sweep_dir: Path, sweep_name: str, profile: str, root: Path):
-    """(run rows, per-run layer arrays) of one sweep, checked against its cell list."""
-    rows, layers = [], []
+    """(run rows, per-run layer arrays, per-run curve arrays) of one sweep, checked against
+    its cell list."""
+    rows, layers, curves = [], [], []
     for cell in read_sweep(sweep_dir):
         where = sweep_dir / cell["dir"] if cell.get("dir") else None
         record = records.read_run(where) if where is not None else None
@@ -237,7 +259,8 @@ def gather(sweep_dir: Path, sweep_name: str, profile: str, root: Path):
             ) from None
         table = pq.read_table(where / records.LAYERS_FILE)
         layers.append({c: table.column(c).to_numpy() for c in ("step", "layer", *LAYER_STATS)})
-    return rows, layers
+        curves.append(curve_arrays(record))
+    return rows, layers, curves
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -246,13 +269,15 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def build(sweep_dirs: dict[str, Path], profile: str, root: Path):
-    """(runs, layers) tables of the given sweeps, validated."""
+    """(runs, layers, curves) tables of the given sweeps, validated."""
     rows: list[dict] = []
     per_run: list[dict[str, np.ndarray]] = []
+    per_curve: list[dict[str, np.ndarray]] = []
     for name, sweep_dir in sweep_dirs.items():
-        r, ly = gather(sweep_dir, name, profile, root.resolve())
+        r, ly, cv = gather(sweep_dir, name, profile, root.resolve())
         rows += r
         per_run += ly
+        per_curve += cv
     if not rows:
         raise CollectError("no runs to collect: the sweeps list no cells")
     runs = typed(pd.DataFrame(rows), RUN_COLUMNS)
@@ -261,12 +286,20 @@ def build(sweep_dirs: dict[str, Path], profile: str, root: Path):
         names = ", ".join(runs.loc[duplicated, "run_name"].head(4))
         raise CollectError(f"the same cell and seed was recorded twice: {names}")
 
-    lengths = np.array([len(ly["step"]) for ly in per_run], dtype=np.int64)
+    layers = long_table(runs, per_run, ("step", "layer", *LAYER_STATS), LAYER_COLUMNS)
+    curves = long_table(runs, per_curve, ("step", *CURVE_STATS), CURVE_COLUMNS)
+    return runs, layers, curves
+
+
+def long_table(runs: pd.DataFrame, per_run: list[dict[str, np.ndarray]], names: tuple[str, ...],
+               columns: dict[str, Any]) -> pd.DataFrame:  # fmt: skip
+    """Per-run arrays stacked into one table, each row with its run's axes."""
+    lengths = np.array([len(arrays["step"]) for arrays in per_run], dtype=np.int64)
     run_index = np.repeat(np.arange(len(runs)), lengths)
-    columns = {axis: runs[axis].to_numpy()[run_index] for axis in AXES}
-    for name in ("step", "layer", *LAYER_STATS):
-        columns[name] = np.concatenate([ly[name] for ly in per_run])
-    return runs, typed(pd.DataFrame(columns), LAYER_COLUMNS)
+    data = {axis: runs[axis].to_numpy()[run_index] for axis in AXES}
+    for name in names:
+        data[name] = np.concatenate([arrays[name] for arrays in per_run])
+    return typed(pd.DataFrame(data), columns)
 
 
 def counts(runs: pd.DataFrame) -> dict[str, Any]:
@@ -297,12 +330,13 @@ def main(argv: list[str] | None = None) -> None:
              f"{', '.join(Profile)}")  # fmt: skip
     sweep_dirs = {name: args.multirun / args.profile / name for name in SWEEPS}
     try:
-        runs, layers = build(sweep_dirs, args.profile, Path.cwd())
+        runs, layers, curves = build(sweep_dirs, args.profile, Path.cwd())
     except CollectError as exc:
         fail(str(exc))
     metrics = counts(runs)
     write_table(runs, args.out / "tables" / "runs.parquet")
     write_table(layers, args.out / "tables" / "layers.parquet")
+    write_table(curves, args.out / "tables" / "curves.parquet")
     records.write_json(args.out / "metrics" / "collect.json", metrics)
     per_sweep = ", ".join(
         f"{name} {m['runs']} ({m['finished']} finished, {m['diverged']} diverged, "
@@ -310,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, m in metrics.items()
         if name != "all"
     )
-    print(f"collect: {len(runs)} runs, {len(layers)} layer rows: {per_sweep} -> {args.out}/tables")
+    print(f"collect: {len(runs)} runs, {len(layers)} layer rows, {len(curves)} curve rows: "
+          f"{per_sweep} -> {args.out}/tables")  # fmt: skip
 
 
 def fail(message: str) -> None:

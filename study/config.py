@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,6 +252,29 @@ def as_dict(cfg: Any) -> Any:
     if isinstance(cfg, enum.Enum):
         return cfg.value
     return cfg
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """The dataclass ``cls`` from a resolved config of plain containers, as
+    ``OmegaConf.to_object`` makes it from the same config (enums from their names); the
+    values are the schema's types already (OmegaConf typed them when they were set)."""
+    hints = _field_types(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value, kind = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            value = from_dict(kind, value)
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            value = kind(value)
+        elif isinstance(value, list):
+            value = list(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def prepared_path(data: DataConfig) -> Path:

@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # a stage writes files; it never opens a window
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -35,19 +36,26 @@ from study.records import write_json  # noqa: E402
 
 @dataclass(frozen=True)
 class Inputs:
+    """What the figures draw on; the train sweep's runs and layers only at each
+    configuration's chosen learning rate (``tuning``), as the analysis judges them."""
+
     runs: pd.DataFrame
     layers: pd.DataFrame
     decay: pd.DataFrame
     claims: pd.DataFrame
     trainable: pd.DataFrame
+    tuning: pd.DataFrame
 
+
+# A train-sweep configuration, whose learning rate tuning.parquet chose.
+TUNED_AXES = ("activation", "init", "norm", "skip", "depth")
 
 # field: (folder argument, file, columns the figures read)
 FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "runs": ("tables", "runs.parquet", ("sweep", "depth", "activation", "init", "norm", "skip",
-                                        "seed", "status", "test_accuracy")),
+                                        "lr", "seed", "status", "test_accuracy")),
     "layers": ("tables", "layers.parquet", ("sweep", "depth", "activation", "init", "norm",
-                                            "skip", "run_name", "status", "step", "layer",
+                                            "skip", "lr", "run_name", "status", "step", "layer",
                                             "signal_grad_norm", "weight_grad_norm",
                                             "dead_fraction", "saturated_fraction")),
     "decay": ("analysis", "decay_rates.parquet", ("sweep", "cell_id", "depth", "activation",
@@ -61,6 +69,7 @@ FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                               "note")),
     "trainable": ("analysis", "trainable_depth.parquet", ("activation", "init", "norm", "skip",
                                                           "depths", "fails_at", "six_xi_c")),
+    "tuning": ("analysis", "tuning.parquet", (*TUNED_AXES, "lr")),
 }  # fmt: skip
 
 
@@ -91,7 +100,8 @@ FIGURES: tuple[Spec, ...] = (
          "activation, init, norm and skip, at the init sweep's deepest depth.",
          lambda d: fa.rate_heatmaps(d.decay),
          lambda d: len(fa.heatmap_rows(d.decay)), "cells", ("init",)),
-    Spec("trainability", "Test accuracy and divergence rate against depth in the train sweep.",
+    Spec("trainability", "Test accuracy and divergence rate against depth in the train sweep, "
+         "each configuration at its best learning rate.",
          lambda d: ft.trainability(d.runs),
          lambda d: len(ft.train_rows(d.runs)), "runs", ("train",)),
     Spec("trainable_depth", "First depth that fails to train beside mean field's 6 xi_c, plain "
@@ -140,7 +150,21 @@ def read_inputs(tables: Path, analysis: Path) -> Inputs:
             frames[field] = pd.read_parquet(path, columns=list(columns))
         except (OSError, pa.ArrowException) as exc:
             raise ValueError(f"{path} is not a readable parquet file ({exc})") from exc
+    for field in ("runs", "layers"):
+        frames[field] = at_chosen_lr(frames[field], frames["tuning"])
     return Inputs(**frames)
+
+
+def at_chosen_lr(frame: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
+    """The rows of other sweeps, and of the train sweep at each configuration's chosen rate."""
+
+    def key(rows: pd.DataFrame) -> pd.MultiIndex:
+        columns = [rows[c].astype(str) for c in TUNED_AXES] + [rows["lr"].astype(float)]
+        return pd.MultiIndex.from_arrays(columns)
+
+    train = (frame["sweep"] == "train").to_numpy()
+    chosen = key(frame).isin(key(tuning)) if len(tuning) else np.zeros(len(frame), dtype=bool)
+    return frame[~train | chosen].reset_index(drop=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,26 +67,33 @@ def family(name: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------- inits
 
 
-def _kaiming_uniform(w: torch.Tensor, slope: float) -> None:
-    nn.init.kaiming_uniform_(w, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+def _kaiming_uniform(w: torch.Tensor, slope: float, gen: torch.Generator) -> None:
+    nn.init.kaiming_uniform_(w, a=slope, mode="fan_in", nonlinearity="leaky_relu", generator=gen)
 
 
-def _kaiming_normal(w: torch.Tensor, slope: float) -> None:
-    nn.init.kaiming_normal_(w, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+def _kaiming_normal(w: torch.Tensor, slope: float, gen: torch.Generator) -> None:
+    nn.init.kaiming_normal_(w, a=slope, mode="fan_in", nonlinearity="leaky_relu", generator=gen)
 
 
-def _lecun_normal(w: torch.Tensor, slope: float) -> None:
-    nn.init.normal_(w, std=1.0 / math.sqrt(w.shape[1]))
+def _lecun_normal(w: torch.Tensor, slope: float, gen: torch.Generator) -> None:
+    nn.init.normal_(w, std=1.0 / math.sqrt(w.shape[1]), generator=gen)
 
 
-# Each takes a Linear weight (out, in) and the activation's negative slope.
-INITS: dict[Init, Callable[[torch.Tensor, float], None] | None] = {
-    Init.default: None,  # keep PyTorch's own (kaiming_uniform with a=sqrt(5), uniform biases)
-    Init.xavier_uniform: lambda w, slope: nn.init.xavier_uniform_(w, gain=1.0),
-    Init.xavier_normal: lambda w, slope: nn.init.xavier_normal_(w, gain=1.0),
+def _default(w: torch.Tensor, slope: float, gen: torch.Generator) -> None:
+    # PyTorch's own Linear.reset_parameters (its bias is drawn by ``_linear_state``).
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+
+
+# Each takes a Linear weight (out, in), the activation's negative slope and the net's
+# random stream, and draws the weight in place.
+Scheme = Callable[[torch.Tensor, float, torch.Generator], None]
+INITS: dict[Init, Scheme] = {
+    Init.default: _default,  # kaiming_uniform with a=sqrt(5), and uniform biases
+    Init.xavier_uniform: lambda w, slope, gen: nn.init.xavier_uniform_(w, gain=1.0, generator=gen),
+    Init.xavier_normal: lambda w, slope, gen: nn.init.xavier_normal_(w, gain=1.0, generator=gen),
     Init.kaiming_uniform: _kaiming_uniform,
     Init.kaiming_normal: _kaiming_normal,
-    Init.orthogonal: lambda w, slope: nn.init.orthogonal_(w, gain=1.0),
+    Init.orthogonal: lambda w, slope, gen: nn.init.orthogonal_(w, gain=1.0, generator=gen),
     Init.lecun_normal: _lecun_normal,
 }
 
@@ -118,16 +125,6 @@ def sigma_b2(init: Init, fan_in: int) -> float:
     return 1.0 / (3.0 * fan_in) if Init(init) is Init.default else 0.0
 
 
-def linear(fan_in: int, fan_out: int, init: Init, activation: Activation) -> nn.Linear:
-    """A Linear layer initialised by ``init`` (over PyTorch's own, which ``default`` keeps)."""
-    layer = nn.Linear(fan_in, fan_out)
-    scheme = INITS[init]
-    if scheme is not None:
-        scheme(layer.weight, ACTIVATIONS[activation].negative_slope)
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
 # --------------------------------------------------------------------------------- norms
 
 NORMS: dict[Norm, Callable[[int], nn.Module]] = {
@@ -144,7 +141,7 @@ class Block(nn.Module):
 
     def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig):
         super().__init__()
-        self.linear = linear(fan_in, fan_out, cfg.init, cfg.activation)
+        self.linear = nn.Linear(fan_in, fan_out)
         self.norm = NORMS[cfg.norm](fan_out)
         self.act = ACTIVATIONS[cfg.activation].make()
 
@@ -181,8 +178,7 @@ class HighwayLayer(nn.Module):
     def __init__(self, fan_in: int, cfg: ModelConfig):
         super().__init__()
         self.block = Block(fan_in, cfg.width, cfg)
-        self.gate = linear(fan_in, cfg.width, cfg.init, cfg.activation)
-        nn.init.constant_(self.gate.bias, cfg.highway.gate_bias)
+        self.gate = nn.Linear(fan_in, cfg.width)
         self.out_features = cfg.width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,7 +211,8 @@ SKIPS: dict[Skip, Callable[[int, ModelConfig], nn.Module]] = {
 
 
 class MLP(nn.Module):
-    """stem Linear(in, W) -> ``depth`` layers -> head Linear(., classes).
+    """stem Linear(in, W) -> ``depth`` layers -> head Linear(., classes); :func:`build`
+    gives it its initial state (constructed alone it has PyTorch's default init).
 
     The stem is linear only (no norm, no activation) so that every skip sees a
     width-W input; blocks are numbered 1 (nearest the input) to ``depth``.
@@ -223,13 +220,13 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, cfg: ModelConfig):
         super().__init__()
-        self.stem = linear(in_features, cfg.width, cfg.init, cfg.activation)
+        self.stem = nn.Linear(in_features, cfg.width)
         layers, width = [], cfg.width
         for _ in range(cfg.depth):
             layers.append(SKIPS[cfg.skip](width, cfg))
             width = layers[-1].out_features
         self.layers = nn.ModuleList(layers)
-        self.head = linear(width, num_classes, cfg.init, cfg.activation)
+        self.head = nn.Linear(width, num_classes)
 
     @property
     def blocks(self) -> list[Block]:
@@ -242,5 +239,73 @@ class MLP(nn.Module):
         return self.head(h)
 
 
-def build(in_features: int, num_classes: int, cfg: ModelConfig) -> MLP:
-    return MLP(in_features, num_classes, cfg)
+# ------------------------------------------------------------------- the initial state
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _linear_state(
+    state: Tensors, prefix: str, fan_in: int, fan_out: int, cfg: ModelConfig, gen: torch.Generator
+) -> None:
+    weight, bias = torch.empty(fan_out, fan_in), torch.zeros(fan_out)
+    INITS[cfg.init](weight, ACTIVATIONS[cfg.activation].negative_slope, gen)
+    # Kept in (in, out) memory order, as the stack stores Linear weights: stacking the
+    # group's nets is then one copy (this small one stays in the cache; the stack's would not).
+    weight = weight.T.contiguous().T
+    if cfg.init == Init.default:  # PyTorch's uniform bias, +-1/sqrt(fan_in)
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(bias, -bound, bound, generator=gen)
+    state[prefix + "weight"], state[prefix + "bias"] = weight, bias
+
+
+def _block_state(
+    params: Tensors, buffers: Tensors, prefix: str, fan_in: int, fan_out: int,
+    cfg: ModelConfig, gen: torch.Generator,
+) -> None:  # fmt: skip
+    _linear_state(params, prefix + "linear.", fan_in, fan_out, cfg, gen)
+    if cfg.norm != Norm.none:  # affine weight 1, bias 0 (BatchNorm1d's and LayerNorm's)
+        params[prefix + "norm.weight"] = torch.ones(fan_out)
+        params[prefix + "norm.bias"] = torch.zeros(fan_out)
+    if cfg.norm == Norm.batch:
+        buffers[prefix + "norm.running_mean"] = torch.zeros(fan_out)
+        buffers[prefix + "norm.running_var"] = torch.ones(fan_out)
+        buffers[prefix + "norm.num_batches_tracked"] = torch.tensor(0)
+    if cfg.activation == Activation.prelu:  # one learned slope, PReLU's init 0.25
+        params[prefix + "act.weight"] = torch.full((1,), ACTIVATIONS[cfg.activation].negative_slope)
+
+
+def initial_state(
+    in_features: int, num_classes: int, cfg: ModelConfig, seed: int
+) -> tuple[Tensors, Tensors]:
+    """The net's parameters and buffers at initialization, named as :class:`MLP` names them.
+
+    Every weight is drawn once, by its init, from the net's own random stream (seeded with
+    ``seed``), in the order MLP builds its layers: stem, each layer's block then gate, head.
+    The engine stacks these tensors directly (``study.stack``), without building modules,
+    which at depth 64 would cost as much again as the draws.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    params: Tensors = {}
+    buffers: Tensors = {}
+    _linear_state(params, "stem.", in_features, cfg.width, cfg, gen)
+    width = cfg.width
+    for i in range(cfg.depth):
+        prefix = f"layers.{i}."
+        out = cfg.dense.growth if cfg.skip == Skip.dense else cfg.width
+        _block_state(params, buffers, prefix + "block.", width, out, cfg, gen)
+        if cfg.skip == Skip.highway:
+            _linear_state(params, prefix + "gate.", width, cfg.width, cfg, gen)
+            params[prefix + "gate.bias"].fill_(cfg.highway.gate_bias)
+        width = width + out if cfg.skip == Skip.dense else cfg.width
+    _linear_state(params, "head.", width, num_classes, cfg, gen)
+    return params, buffers
+
+
+def build(in_features: int, num_classes: int, cfg: ModelConfig, seed: int) -> MLP:
+    """The net as a module (for reading and for tests), in its :func:`initial_state`."""
+    with torch.device("meta"):  # no memory and no default init: the state comes next
+        net = MLP(in_features, num_classes, cfg)
+    net = net.to_empty(device="cpu")
+    params, buffers = initial_state(in_features, num_classes, cfg, seed)
+    net.load_state_dict({**params, **buffers}, strict=True)
+    return net

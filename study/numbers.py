@@ -68,11 +68,39 @@ def budget_numbers(runs: pd.DataFrame) -> dict[str, str]:
         "DepthTrainMax": number(int(train["depth"].max())) if len(train) else "--",
         "WidthMax": number(int(runs["width"].max())),
         "TrainSteps": number(int(train["steps"].max())) if len(train) else "--",
-        "TrainLR": number(float(train["lr"].iloc[0])) if len(train) else "--",
+        "TrainLRs": _listed(sorted(train["lr"].unique())) if len(train) else "--",
+        "NTrainLRs": number(int(train["lr"].nunique())) if len(train) else "--",
         "StepsMax": number(int(trained["steps"].max())) if len(trained) else "--",
         "SeedsPerCell": number(int(init.groupby("cell_id")["seed"].nunique().max()))
         if len(init) else "--",
     }  # fmt: skip
+
+
+def _listed(values: list[float]) -> str:
+    """1, 2 and 3."""
+    words = [number(float(v)) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def tuning_numbers(tuning: pd.DataFrame) -> dict[str, str]:
+    """How the chosen learning rates fall, and how many configurations at the shallowest
+    depth (every activation but sigmoid) had levelled off by the end of the budget."""
+    if tuning.empty:
+        return {k: "--" for k in ("NTunedConfigs", "NShallowConfigs", "NShallowLevelledOff",
+                                  "DepthShallow", "NChosenLowest", "NChosenHighest",
+                                  "LevelledOffGain", "ShallowGainMax")}  # fmt: skip
+    shallow = tuning[(tuning["depth"] == tuning["depth"].min())
+                     & (tuning["activation"].astype(str) != "sigmoid")]  # fmt: skip
+    return {
+        "NTunedConfigs": number(len(tuning)),
+        "DepthShallow": number(int(tuning["depth"].min())),
+        "NShallowConfigs": number(len(shallow)),
+        "NShallowLevelledOff": number(int(shallow["levelled_off"].fillna(False).sum())),
+        "ShallowGainMax": number(float(shallow["last_quarter_gain"].max()), 2),
+        "LevelledOffGain": number(analyze.LEVELLED_OFF),
+        "NChosenLowest": number(int((tuning["lr"] == tuning["lr"].min()).sum())),
+        "NChosenHighest": number(int((tuning["lr"] == tuning["lr"].max()).sum())),
+    }
 
 
 def excess_numbers() -> dict[str, str]:

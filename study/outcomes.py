@@ -1,8 +1,11 @@
 """What the claims compare: per-run outcomes and the per-cell tables built from them.
 
 A *cell* is one configuration (every axis but the seed); its value is the mean over its
-seeds. The claims' tests run over cells (``study.verdicts``), so this module is where a
-run's numbers become a cell's, and where every outcome a claim names is defined once
+seeds. Where a sweep tries several learning rates for a configuration, its trainability is
+judged at its best one (:func:`best_lr`: chosen on validation accuracy, the outcomes then
+read on the test split), so no claim turns on one rate suiting some nets and not others.
+The claims' tests run over cells (``study.verdicts``), so this module is where a run's
+numbers become a cell's, and where every outcome a claim names is defined once
 (:data:`OUTCOMES`). Divergence is its own outcome (``finite``): a diverged run has no
 accuracy and no steps to target, rather than a zero inside a mean.
 """
@@ -33,9 +36,11 @@ OUTCOMES = {
     "relative_mean_final": "|mean| / RMS of the layers' outputs, mean over layers, at the last "
     "probe: fraction of RMS",
     "accuracy": "test accuracy at the end of training, finished runs only: accuracy",
-    "finite": "1 - divergence rate (the loss stayed finite): fraction of seeds",
+    "finite": "1 - divergence rate (the loss stayed finite), over the seeds and every "
+    "learning rate tried: fraction of runs",
     "steps_needed": "steps to the target validation accuracy (never = budget + 1), finished "
     "runs only: steps",
+    "train_loss": "training loss over the last evaluation interval, finished runs only: loss",
     "weight_grad_level": "median over layers of log10 ||dL/dW_l|| at init: decades",
     # per configuration over a swept level (the derived tables of ``frames``):
     "max_stable_log10_lr": "log10 of the largest learning rate that finishes with test "
@@ -57,6 +62,7 @@ FRAME_KEYS = {
     "optim": ("setup", "norm", "skip", "init", "lr"),
     "optim_runs": ("setup", "norm", "skip", "init", "lr", "seed"),
     "lr_range": ("setup", "norm", "skip", "init"),
+    "train_runs": (*MODEL_KEYS, "seed"),
     "degradation": ("activation", "init", "norm", "skip"),
     "scale_shrink": ("activation", "init", "skip", "depth"),
 }
@@ -79,6 +85,7 @@ def run_values(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> 
     never = (runs["steps"] + 1).astype(float)
     steps = runs["steps_to_target"].astype("Float64").astype(float)
     runs["steps_needed"] = steps.fillna(never).where(finished)
+    runs["train_loss"] = runs["train_loss"].where(finished)
     per_run = _layer_outcomes(layers)
     runs = runs.merge(per_run, on=["sweep", "run_name"], how="left")
     runs["family"] = runs["activation"].map(_family_of()).astype("category")
@@ -142,9 +149,11 @@ def frames(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> dict
     """Every table a claim reads (:data:`FRAME_KEYS`), cells unless named ``*_runs``."""
     values = run_values(runs, layers, num_features)
     sweep = {name: values[values["sweep"] == name] for name in values["sweep"].cat.categories}
+    tuned = at_best_lr(sweep["train"], FRAME_KEYS["train"])
     out = {
         "init": cells(sweep["init"], FRAME_KEYS["init"]),
-        "train": cells(sweep["train"], FRAME_KEYS["train"]),
+        "train": tuned_cells(sweep["train"], tuned, FRAME_KEYS["train"]),
+        "train_runs": tuned,
         "init_runs": sweep["init"],
         "optim": cells(sweep["optim"], FRAME_KEYS["optim"]),
         "optim_runs": sweep["optim"],
@@ -158,22 +167,62 @@ def frames(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> dict
     return out
 
 
+def best_lr(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per configuration (``keys``: every axis but the learning rate and the seed), the
+    rate of the grid with the highest mean validation accuracy over its seeds, a diverged
+    run scoring 0 (a rate that sometimes diverges is worse than one that never does), the
+    smaller rate on a tie; ``val_accuracy`` is that mean, ``rates`` how many were tried."""
+    columns = [*keys, "lr", "val_accuracy", "rates"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    score = runs["val_accuracy"].where(runs["status"] == Status.finished, 0.0).fillna(0.0)
+    by_rate = (
+        runs.assign(score=score).groupby([*keys, "lr"], observed=True)["score"].mean()
+        .rename("val_accuracy").reset_index()
+    )  # fmt: skip
+    by_rate["rates"] = by_rate.groupby(list(keys), observed=True)["lr"].transform("size")
+    ranked = by_rate.sort_values([*keys, "val_accuracy", "lr"],
+                                 ascending=[*(True for _ in keys), False, True])  # fmt: skip
+    return ranked.drop_duplicates(list(keys), keep="first")[columns].reset_index(drop=True)
+
+
+def tuned_cells(runs: pd.DataFrame, tuned: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Cells at their best learning rate, but ``finite`` over every rate tried: divergence is
+    an outcome of its own, and at the rate chosen to avoid it, it would say little."""
+    out = cells(tuned, keys)
+    if out.empty:
+        return out
+    over_grid = runs.groupby(list(keys), observed=True)["finite"].mean().rename("finite")
+    return out.drop(columns="finite").merge(over_grid.reset_index(), on=list(keys), how="left")
+
+
+def at_best_lr(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """The runs of each configuration at its :func:`best_lr` (all its seeds)."""
+    if runs.empty:
+        return runs
+    chosen = best_lr(runs, keys)[[*keys, "lr"]]
+    return runs.merge(chosen, on=[*keys, "lr"], how="inner")
+
+
 def lr_range(optim: pd.DataFrame) -> pd.DataFrame:
     """Per optimizer setup, norm, skip and init: the largest stable log10 learning rate
-    (none stable: half a decade below the grid), the fraction of the grid that stayed
-    finite, and the fewest steps to the target over the grid; per seed, then seed means."""
+    (none stable: half a decade below the grid) and the fraction of the grid that stayed
+    finite, per seed, then seed means; and the steps to the target at the configuration's
+    best learning rate (:func:`best_lr`)."""
+    keys = FRAME_KEYS["lr_range"]
     if optim.empty:
-        return pd.DataFrame(columns=[*FRAME_KEYS["lr_range"], "max_stable_log10_lr"])
+        return pd.DataFrame(columns=[*keys, "max_stable_log10_lr", "finite", "steps_needed"])
     log_lr = np.log10(optim["lr"])
     stable = (optim["status"] == Status.finished) & (optim["accuracy"] >= STABLE_ACCURACY)
     per_seed = (
         optim.assign(stable_lr=np.where(stable, log_lr, log_lr.min() - 0.5))
-        .groupby([*FRAME_KEYS["lr_range"], "seed"], observed=True)
-        .agg(max_stable_log10_lr=("stable_lr", "max"), finite=("finite", "mean"),
-             steps_needed=("steps_needed", "min"))
+        .groupby([*keys, "seed"], observed=True)
+        .agg(max_stable_log10_lr=("stable_lr", "max"), finite=("finite", "mean"))
         .reset_index()
     )  # fmt: skip
-    return cells(per_seed, FRAME_KEYS["lr_range"])
+    grid = cells(per_seed, keys)
+    tuned = cells(at_best_lr(optim, keys), keys)[[*keys, "steps_needed"]]
+    return grid.merge(tuned, on=list(keys), how="left")
 
 
 def level_gap(

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         table = pd.read_parquet(args.analysis / "claims.parquet")
         effects = pd.read_parquet(args.analysis / "factor_effects.parquet")
         depth = pd.read_parquet(args.analysis / "trainable_depth.parquet")
+        tuning = pd.read_parquet(args.analysis / "tuning.parquet")
         figures = json.loads((generated / "figures" / "figures.json").read_text())
         manifest = json.loads((args.data / "manifest.json").read_text())
     except FileNotFoundError as exc:
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     profile = args.profile or str(runs["profile"].iloc[0])
     values = {"Profile": escape(profile), **numbers.run_counts(runs),
               **numbers.data_numbers(manifest), **numbers.budget_numbers(runs),
+              **numbers.tuning_numbers(tuning),
               **numbers.theory_numbers(rates), **numbers.excess_numbers(),
               **numbers.claim_numbers(table)}  # fmt: skip
     for stem, entry in figures.items():

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -42,8 +43,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import _validate_batch_log_data, _validate_param_keys_unique
-from sqlalchemy import event, insert
+from mlflow.utils.validation import _validate_metric_name, _validate_param, _validate_tag
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -134,18 +135,35 @@ class RunSpec:
     params: dict[str, Any]
     tags: dict[str, str]
     metrics: list[Metric]
-    artifacts: list[Path]
+    artifacts: list[Path]  # files, copied (or linked) into the run's artifacts
     status: str  # FINISHED or FAILED
     supersedes: list[str] = field(default_factory=list)  # runs to trash first
+    documents: dict[str, str] = field(default_factory=dict)  # file name -> text, written there
 
     def validated(self) -> tuple[list[Metric], list[Param], list[RunTag]]:
-        """As log_batch validates them: bad keys raise, overlong values are truncated."""
-        params = [Param(k, str(v)) for k, v in self.params.items()]
-        tags = [RunTag(k, v) for k, v in self.tags.items()]
+        """As log_batch validates them: bad keys raise, overlong values are truncated.
+
+        Each distinct key, and each distinct param, is checked once per process (a sweep
+        logs the same few hundred keys, and mostly the same params, for thousands of runs);
+        a metric's value, step and timestamp are numbers by construction (:func:`metric`),
+        which is the rest of what log_batch checks."""
+        params = [_checked_param(k, str(v)) for k, v in self.params.items()]
+        tags = [_validate_tag(k, v, path="tags") for k, v in self.tags.items()]
         if MLFLOW_RUN_NAME not in self.tags:  # create_run adds it
-            tags.append(RunTag(MLFLOW_RUN_NAME, self.run_name))
-        _validate_param_keys_unique(params)
-        return _validate_batch_log_data(self.metrics, params, tags)
+            tags.append(_validate_tag(MLFLOW_RUN_NAME, self.run_name, path="tags"))
+        for m in self.metrics:
+            _checked_metric_key(m.key)
+        return self.metrics, params, tags
+
+
+@functools.cache
+def _checked_metric_key(key: str) -> None:
+    _validate_metric_name(key)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _checked_param(key: str, value: str) -> Param:
+    return _validate_param(key, value, path="params")  # truncates an overlong value
 
 
 @functools.cache
@@ -196,7 +214,7 @@ class Tracker:
                 self.client.log_batch(run_id, **batch)
             # The run's artifact store is known from create_run: copy straight into it
             # instead of looking the run up again for every file.
-            self._copy_artifacts(run.info.artifact_uri, spec.artifacts)
+            self._copy_artifacts(run.info.artifact_uri, spec)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
@@ -218,7 +236,7 @@ class Tracker:
             for run_id in run_ids
         ]
         for spec, artifact_uri in zip(runs, artifact_uris, strict=True):
-            self._copy_artifacts_before_commit(artifact_uri, spec.artifacts)
+            self._copy_artifacts_before_commit(artifact_uri, spec)
         rows = SqlRows(store, int(self.experiment_id), start, now_ms())
         for spec, run_id, artifact_uri in zip(runs, run_ids, artifact_uris, strict=True):
             rows.add(spec, run_id, artifact_uri)
@@ -226,20 +244,32 @@ class Tracker:
         retry_locked(lambda: rows.write(trash))
         return run_ids
 
-    def _copy_artifacts(self, artifact_uri: str, paths: Sequence[Path]) -> None:
+    def _copy_artifacts(self, artifact_uri: str, spec: RunSpec) -> None:
         repository = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
-        for path in paths:
+        for path in spec.artifacts:
             repository.log_artifact(str(path))
+        if spec.documents:
+            with tempfile.TemporaryDirectory(prefix="mlflow-documents-") as folder:
+                for name, text in spec.documents.items():
+                    (Path(folder) / name).write_text(text)
+                    repository.log_artifact(str(Path(folder) / name))
 
-    def _copy_artifacts_before_commit(self, artifact_uri: str, paths: Sequence[Path]) -> None:
-        """A local artifact store gets plain copies: its repository's staging file and
-        rename per file (a millisecond per cell) buy nothing while no row names the run."""
+    def _copy_artifacts_before_commit(self, artifact_uri: str, spec: RunSpec) -> None:
+        """A local artifact store gets hard links (copies across file systems) and the
+        documents written in place: its repository's staging file and rename per file (a
+        millisecond per cell) buy nothing while no row names the run. A record rewritten
+        later is a new file (records are renamed into place), so a link never changes."""
         if urlparse(artifact_uri).scheme not in ("", "file"):
-            return self._copy_artifacts(artifact_uri, paths)
+            return self._copy_artifacts(artifact_uri, spec)
         folder = Path(local_file_uri_to_path(artifact_uri))
         folder.mkdir(parents=True, exist_ok=True)
-        for path in paths:
-            shutil.copyfile(path, folder / path.name)
+        for path in spec.artifacts:
+            try:
+                os.link(path, folder / path.name)
+            except OSError:  # another file system, or one without links
+                shutil.copyfile(path, folder / path.name)
+        for name, text in spec.documents.items():
+            (folder / name).write_text(text)
 
     def delete_runs(self, run_ids: Iterable[str]) -> None:
         """Move superseded or half-logged runs to MLflow's trash (``mlflow gc`` purges it)."""
@@ -315,8 +345,8 @@ class SqlRows:
                 for run in stale.all():
                     self.store._mark_run_deleted(session, run)
             for model, rows in self.tables.items():
-                if rows:
-                    session.execute(insert(model), rows)
+                if rows:  # Core inserts: the ORM's per-row bookkeeping is half the cost
+                    session.execute(model.__table__.insert(), rows)
 
 
 def latest_metrics(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

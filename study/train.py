@@ -41,6 +41,7 @@ from study.config import (
     DataConfig,
     Device,
     as_dict,
+    from_dict,
     prepared_path,
     validate,
 )
@@ -80,12 +81,12 @@ class Cell:
 
 
 def build_stack(cells: Sequence[Cell], splits: datasets.Splits, device: torch.device):
-    """Each net built alone from its own seed (as a single run would), then stacked."""
-    built = []
-    for cell in cells:
-        torch.manual_seed(cell.cfg.seed)
-        built.append(nets.build(splits.num_features, splits.num_classes, cell.cfg.model))
-    return Stack(built, cells[0].cfg.model, device)
+    """Each net initialized alone from its own seed (as a single run would), then stacked."""
+    states = [
+        nets.initial_state(splits.num_features, splits.num_classes, c.cfg.model, c.cfg.seed)
+        for c in cells
+    ]
+    return Stack(states, cells[0].cfg.model, device)
 
 
 def execute_group(
@@ -235,10 +236,11 @@ def main(dcfg: DictConfig) -> dict[str, Any]:
     return sweep.job_result(cfg.run_name, status, key, out_dir, record["error"])
 
 
-def run_group(jobs: Sequence[tuple[DictConfig, Path]], sweep_dir: Path) -> list[dict[str, Any]]:
+def run_group(jobs: Sequence[tuple[dict[str, Any], Path]], sweep_dir: Path) -> list[dict[str, Any]]:
     """The pool launcher's entry point: jobs of one sweep that share a shape, run together.
 
-    ``jobs`` are (the task's config, the job's output folder); returns one
+    ``jobs`` are (the task's config, resolved, as plain containers; the job's output
+    folder); returns one
     :func:`study.sweep.job_result` per job, in order. Cells already done are skipped; the
     rest run as one stack. The launcher groups only jobs that differ in what a stack
     allows (seed, init, learning rate); a group that mixes shapes is a bug, and says so.
@@ -246,8 +248,8 @@ def run_group(jobs: Sequence[tuple[DictConfig, Path]], sweep_dir: Path) -> list[
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     todo: list[tuple[int, Cell]] = []
     splits = None
-    for i, (dcfg, out_dir) in enumerate(jobs):
-        cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    for i, (task_cfg, out_dir) in enumerate(jobs):
+        cfg: Config = from_dict(Config, task_cfg)
         validate(cfg)
         splits = load_data(cfg.data)
         resolved = as_dict(cfg)

@@ -21,8 +21,9 @@ def train_runs(accuracy: dict[int, list[float | None]]) -> pd.DataFrame:
             rows.append({"sweep": "train", "activation": "relu", "init": "kaiming_normal",
                          "norm": "none", "skip": "none", "depth": depth, "width": 64,
                          "dataset": "digits", "seed": seed,
-                         "status": "diverged" if acc is None else "finished",
-                         "test_accuracy": np.nan if acc is None else acc})  # fmt: skip
+                         "lr": 0.01, "status": "diverged" if acc is None else "finished",
+                         "test_accuracy": np.nan if acc is None else acc,
+                         "val_accuracy": np.nan if acc is None else acc})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -61,3 +62,13 @@ def test_level_gap_is_the_largest_level_minus_the_smallest():
     assert set(gap["family"]) == {"saturating", "relu"}
     one = cells[cells["input_scale"] == 1.0]
     assert outcomes.level_gap(one, "input_scale", "weight_grad_level", "x", ("skip",)).empty
+
+
+def test_trainable_depth_reads_each_depth_at_its_best_rate():
+    # At depth 16 the rate 0.1 trains (0.9) and 0.01 does not (0.3): judged at 0.1, no depth
+    # fails; at 0.01 alone, depth 16 would.
+    runs = train_runs({4: [0.9, 0.9, 0.9], 16: [0.3, 0.3, 0.3]})
+    better = train_runs({16: [0.9, 0.91, 0.9]}).assign(lr=0.1)
+    worse = train_runs({4: [0.5, 0.5, 0.5]}).assign(lr=0.1)
+    [row] = analyze.trainable_depth(pd.concat([runs, better, worse]), {"digits": 64}).itertuples()
+    assert pd.isna(row.fails_at) and row.accuracy_by_depth == "0.900,0.903"

@@ -209,6 +209,8 @@ def train_runs(diverge_he: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
             "depth": depth, "width": 64, "dataset": "digits", "seed": seed, "steps": 150,
             "optimizer": "sgd", "clip_norm": np.nan, "lr": 0.01,
             "test_accuracy": np.nan if diverged else (0.9 if he else 0.6) + 0.01 * seed,
+            "val_accuracy": np.nan if diverged else (0.9 if he else 0.6),
+            "train_loss": np.nan if diverged else 0.3,
             "steps_to_target": pd.NA if diverged else 50,
             **{f"{g}_{s}_init": 0.0 for g in ("signal", "weight")
                for s in ("log10_rate", "log10_first_last")},
@@ -300,3 +302,55 @@ def test_the_effect_interval_and_the_verdict_come_from_the_same_statistic():
     )
     assert target.pvalue == pytest.approx(again.pvalue)
     assert target.n == len(units) == 3 * 2  # rectifiers x depths 16, 64: cells, not seeds
+
+
+def tuning_runs() -> pd.DataFrame:
+    """One configuration at three learning rates x three seeds: 0.03 is best on validation;
+    0.1 has the best test accuracy where it finishes but diverges on two seeds of three,
+    0.01 ties 0.03 on another configuration."""
+    rows = []
+    for config, lr, seed in itertools.product(("a", "b"), (0.01, 0.03, 0.1), range(3)):
+        val = {0.01: 0.80, 0.03: 0.90, 0.1: 0.95}[lr] if config == "a" else 0.9
+        test = {0.01: 0.79, 0.03: 0.88, 0.1: 0.97}[lr]
+        diverged = config == "a" and lr == 0.1 and seed > 0
+        rows.append({"activation": config, "lr": lr, "seed": seed,
+                     "status": "diverged" if diverged else "finished",
+                     "val_accuracy": np.nan if diverged else val + 0.001 * seed,
+                     "accuracy": np.nan if diverged else test,
+                     "finite": 0.0 if diverged else 1.0,
+                     "steps_needed": {0.01: 200.0, 0.03: 100.0, 0.1: 50.0}[lr]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_trainability_is_read_on_test_at_the_rate_chosen_on_validation():
+    runs = tuning_runs()
+    best = outcomes.best_lr(runs, ("activation",)).set_index("activation")
+    # "a": 0.1 would win on the seeds that finished (and on test), but diverged runs score 0.
+    assert best.loc["a", "lr"] == 0.03 and best.loc["a", "rates"] == 3
+    assert best.loc["a", "val_accuracy"] == pytest.approx(0.901)
+    assert best.loc["b", "lr"] == 0.01  # a tie goes to the smaller rate
+    tuned = outcomes.cells(outcomes.at_best_lr(runs, ("activation",)), ("activation",))
+    tuned = tuned.set_index("activation")
+    assert tuned.loc["a", "accuracy"] == pytest.approx(0.88)  # test accuracy at 0.03
+    assert tuned.loc["a", "finite"] == 1.0 and tuned.loc["a", "n_seeds"] == 3
+    assert tuned.loc["a", "steps_needed"] == 100.0
+
+
+def test_c12_steps_are_read_at_each_setups_best_rate_not_the_fastest_of_the_grid():
+    runs = tuning_runs().rename(columns={"activation": "setup"})
+    for axis, level in (("norm", "none"), ("skip", "none"), ("init", "xavier_normal")):
+        runs[axis] = level
+    runs["accuracy"] = runs["accuracy"].fillna(0.0)
+    frame = outcomes.lr_range(runs).set_index("setup")
+    assert frame.loc["a", "steps_needed"] == 100.0  # at 0.03, not the 50 of 0.1
+    assert frame.loc["a", "finite"] == pytest.approx(7 / 9)  # over the whole grid
+    assert frame.loc["b", "steps_needed"] == 200.0
+
+
+def test_divergence_is_counted_over_every_rate_the_rest_at_the_chosen_one():
+    runs = tuning_runs()
+    tuned = outcomes.at_best_lr(runs, ("activation",))
+    frame = outcomes.tuned_cells(runs, tuned, ("activation",)).set_index("activation")
+    assert frame.loc["a", "finite"] == pytest.approx(7 / 9)  # 2 of 9 runs diverged, at 0.1
+    assert frame.loc["a", "accuracy"] == pytest.approx(0.88)  # at the chosen 0.03
+    assert frame.loc["b", "finite"] == 1.0

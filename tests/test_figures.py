@@ -41,7 +41,7 @@ def layer_rows(sweep, depth, act, init, norm, skip, seed, steps, scale):
         grad = scale ** (depth - layer) * (1 + 0.1 * seed)
         yield {"sweep": sweep, "depth": depth, "activation": act, "init": init, "norm": norm,
                "skip": skip, "run_name": f"{sweep}-d{depth}-{act}-{init}-{norm}-{skip}-s{seed}",
-               "status": "finished", "step": step, "layer": layer,
+               "lr": 0.01, "status": "finished", "step": step, "layer": layer,
                "signal_grad_norm": grad, "weight_grad_norm": 2 * grad,
                "dead_fraction": 0.1 * layer / depth if act == "relu" else np.nan,
                "saturated_fraction": 0.2 if act == "tanh" else np.nan}  # fmt: skip
@@ -59,6 +59,7 @@ def tiny_inputs() -> figures.Inputs:
         diverged = act == "relu" and skip == "residual" and depth == 8 and seed == 1
         runs.append({"sweep": "train", "depth": depth, "activation": act,
                      "init": "kaiming_normal", "norm": "none", "skip": skip, "seed": seed,
+                     "lr": 0.01,
                      "status": "diverged" if diverged else "finished",
                      "test_accuracy": np.nan if diverged else 0.9 - 0.01 * depth})  # fmt: skip
         layers += layer_rows("train", depth, act, "kaiming_normal", "none", skip, seed,
@@ -81,8 +82,13 @@ def tiny_inputs() -> figures.Inputs:
         {"activation": "relu", "init": "kaiming_normal", "norm": "none", "skip": "none",
          "depths": "4,8", "fails_at": 8, "six_xi_c": np.inf},
     ]).astype({"fails_at": "Int64"})  # fmt: skip
+    tuning = pd.DataFrame([
+        {"activation": act, "init": "kaiming_normal", "norm": "none", "skip": skip,
+         "depth": depth, "lr": 0.01}
+        for act, skip, depth in itertools.product(("tanh", "relu"), ("none", "residual"), (4, 8))
+    ])  # fmt: skip
     return figures.Inputs(runs=pd.DataFrame(runs), layers=pd.DataFrame(layers), decay=decay,
-                          claims=claims_table(), trainable=trainable)  # fmt: skip
+                          claims=claims_table(), trainable=trainable, tuning=tuning)  # fmt: skip
 
 
 def claims_table() -> pd.DataFrame:
@@ -160,3 +166,13 @@ def test_missing_input_is_one_line_naming_the_file(tmp_path, capsys):
     assert len(err) == 1 and "runs.parquet not found" in err[0]
     assert "dvc repro analyze" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_train_sweep_is_drawn_at_each_configurations_chosen_rate():
+    inputs = tiny_inputs()
+    other = inputs.runs[inputs.runs["sweep"] == "train"].assign(lr=0.1, test_accuracy=0.0)
+    runs = pd.concat([inputs.runs, other, inputs.runs.assign(sweep="optim", lr=0.1)])
+    kept = figures.at_chosen_lr(runs, inputs.tuning)
+    train = kept[kept["sweep"] == "train"]
+    assert len(train) == len(other) and (train["lr"] == 0.01).all()  # the rate tuning chose
+    assert (kept["sweep"] == "optim").sum() == len(inputs.runs)  # other sweeps untouched

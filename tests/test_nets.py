@@ -52,10 +52,9 @@ def test_every_combination_builds_probes_and_trains(base_config, mnist1d, activa
         cfgs.append(cfg)
     models = []
     for cfg in cfgs:
-        torch.manual_seed(0)
-        models.append(nets.build(mnist1d.num_features, mnist1d.num_classes, cfg.model))
+        models.append(nets.build(mnist1d.num_features, mnist1d.num_classes, cfg.model, 0))
         assert len(models[-1].blocks) == 3
-    stack = Stack(models, cfgs[0].model, torch.device("cpu"))
+    stack = Stack.of(models, cfgs[0].model)
     for init, outcome in zip(
         Init, loop.run(stack, mnist1d, cfgs, torch.device("cpu")), strict=True
     ):
@@ -87,9 +86,8 @@ def linear_weights(model: nets.MLP) -> list[torch.Tensor]:
     ],
 )
 def test_init_gives_the_stated_weight_variance(init, expected):
-    torch.manual_seed(0)
     cfg = ModelConfig(depth=4, width=256, activation=Activation.relu, init=init)
-    model = nets.build(40, 10, cfg)
+    model = nets.build(40, 10, cfg, 0)
     for block in model.blocks:
         w = block.linear.weight
         measured = w.shape[1] * w.var().item()
@@ -100,18 +98,17 @@ def test_init_gives_the_stated_weight_variance(init, expected):
 
 
 def test_kaiming_uses_the_activation_negative_slope():
-    torch.manual_seed(0)
     cfg = ModelConfig(depth=2, width=512, activation=Activation.prelu, init=Init.kaiming_normal)
-    w = nets.build(40, 10, cfg).blocks[0].linear.weight
+    w = nets.build(40, 10, cfg, 0).blocks[0].linear.weight
     assert w.shape[1] * w.var().item() == pytest.approx(2 / (1 + 0.25**2), rel=0.05)
 
 
 def test_highway_gate_starts_closed_and_dense_grows():
     cfg = ModelConfig(depth=3, width=16, skip=Skip.highway)
-    model = nets.build(40, 10, cfg)
+    model = nets.build(40, 10, cfg, 0)
     assert torch.all(model.layers[0].gate.bias == -2.0)
     cfg = ModelConfig(depth=3, width=16, skip=Skip.dense)
-    model = nets.build(40, 10, cfg)
+    model = nets.build(40, 10, cfg, 0)
     fan_ins = [b.linear.in_features for b in model.blocks]
     assert fan_ins == [16, 16 + 32, 16 + 64]
     assert model.head.in_features == 16 + 3 * 32
@@ -122,6 +119,6 @@ def test_highway_gate_starts_closed_and_dense_grows():
 def test_residual_layer_adds_the_scaled_branch():
     cfg = ModelConfig(depth=1, width=8, skip=Skip.residual)
     cfg.residual.scale = 0.5
-    layer = nets.build(4, 2, cfg).layers[0]
+    layer = nets.build(4, 2, cfg, 0).layers[0]
     x = torch.randn(3, 8)
     assert torch.allclose(layer(x), x + 0.5 * layer.block(x))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -25,7 +26,7 @@ from .conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-QUICK = {"init": 64, "train": 16, "optim": 8, "scale": 24, "theory": 12}  # conf/sweep/quick/*.yaml
+QUICK = {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12}  # conf/sweep/quick/*.yaml
 STAGES = (
     "prepare",
     "sweep_init",
@@ -94,13 +95,25 @@ def test_quick_profile_runs_end_to_end_then_everything_is_up_to_date(repo):
 def test_tables_have_the_documented_columns_and_dtypes(repo):
     runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
     layers = pd.read_parquet(repo / "results" / "tables" / "layers.parquet")
-    for frame, declared in ((runs, collect.RUN_COLUMNS), (layers, collect.LAYER_COLUMNS)):
+    curves = pd.read_parquet(repo / "results" / "tables" / "curves.parquet")
+    declared_tables = ((runs, collect.RUN_COLUMNS), (layers, collect.LAYER_COLUMNS),
+                       (curves, collect.CURVE_COLUMNS))  # fmt: skip
+    for frame, declared in declared_tables:
         assert list(frame.columns) == list(declared)
         assert {c: str(frame[c].dtype) for c in frame} == {c: str(t) for c, t in declared.items()}
     readme = (ROOT / "README.md").read_text()
-    undocumented = [c for c in {*collect.RUN_COLUMNS, *collect.LAYER_COLUMNS}
-                    if f"`{c}`" not in readme]  # fmt: skip
+    undocumented = [c for c in {*collect.RUN_COLUMNS, *collect.LAYER_COLUMNS,
+                                *collect.CURVE_COLUMNS} if f"`{c}`" not in readme]  # fmt: skip
     assert undocumented == []
+    # A trained run's curve is its run.json's: one row per evaluation, the last at its end.
+    trained = runs[(runs["steps"] > 0) & (runs["status"] == "finished")].iloc[0]
+    curve = curves[
+        (curves["sweep"] == trained["sweep"]) & (curves["run_name"] == trained["run_name"])
+    ]
+    record = json.loads((repo / trained["run_dir"] / "run.json").read_text())
+    assert curve["step"].tolist() == record["curve"]["step"]
+    assert curve["val_accuracy"].tolist() == pytest.approx(record["curve"]["val_accuracy"])
+    assert curve["step"].max() == trained["steps"]
 
     assert runs["sweep"].value_counts().to_dict() == QUICK
     assert not runs.duplicated(["sweep", "cell_id", "seed"]).any()
@@ -119,7 +132,9 @@ def test_metrics_show_prints_the_collect_counts(repo):
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
     [workspace] = shown.values()
     counts = workspace["data"]["results/metrics/collect.json"]["data"]
-    assert counts["all"] == {"runs": 124, "finished": 124, "diverged": 0, "failed": 0}
+    total = counts["all"]
+    assert total["runs"] == sum(QUICK.values()) == total["finished"] + total["diverged"]
+    assert total["failed"] == 0
     assert {k: v["runs"] for k, v in counts.items() if k != "all"} == QUICK
 
 
@@ -130,7 +145,11 @@ def test_tables_agree_with_mlflow(repo):
     for row in trained.itertuples():
         logged = client.get_run(row.mlflow_run_id)
         assert logged.info.run_name == row.run_name
-        assert logged.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
+        assert logged.data.tags["study.status"] == row.status
+        if row.status == "finished":
+            assert logged.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
+        else:  # a diverged run has no test accuracy, in the table (NaN) or in MLflow
+            assert np.isnan(row.test_accuracy) and "test_accuracy" not in logged.data.metrics
         assert logged.data.tags["study.cell_key"] == row.cell_key
 
 
@@ -182,10 +201,13 @@ def test_adding_a_seed_trains_only_the_new_cells(repo):
     )
     proc = run(repo, "dvc", "repro")
     assert stages_run(proc.stdout) == ["sweep_train", "collect", "analyze", "figures", "report"]
-    assert "8 finished, 0 diverged, 0 failed, 16 skipped" in proc.stdout
+    [(finished, diverged, failed, skipped)] = re.findall(
+        r"(\d+) finished, (\d+) diverged, (\d+) failed, (\d+) skipped", proc.stdout
+    )[-1:]
+    assert (int(finished) + int(diverged), int(failed), int(skipped)) == (16, 0, 32)
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # old cells untouched
     runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
-    assert runs["sweep"].value_counts()["train"] == 24
+    assert runs["sweep"].value_counts()["train"] == 48
     assert sorted(runs.loc[runs["sweep"] == "train", "seed"].unique()) == [0, 1, 2]
 
 

@@ -21,9 +21,9 @@ from .conftest import CONF, ROOT
 
 # The grid sizes of README "Sweeps" (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
-    "standard": {"init": 6_048, "train": 2_160, "optim": 576, "scale": 384, "theory": 336},
-    "quick": {"init": 64, "train": 16, "optim": 8, "scale": 24, "theory": 12},
-    "full": {"init": 53_760, "train": 8_640, "optim": 2_160, "scale": 6_400, "theory": 5_760},
+    "standard": {"init": 13_440, "train": 6_048, "optim": 1_440, "scale": 640, "theory": 336},
+    "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12},
+    "full": {"init": 53_760, "train": 60_480, "optim": 2_160, "scale": 6_400, "theory": 5_760},
 }
 PRESETS = [(profile, sweep) for profile in CELLS for sweep in SWEEPS]
 

@@ -18,8 +18,7 @@ from .conftest import probe_net
 
 
 def probe_of(cfg: ModelConfig, x, y, seed=0) -> tuple[nets.MLP, dict[str, np.ndarray]]:
-    torch.manual_seed(seed)
-    model = nets.build(x.shape[1], int(y.max()) + 1, cfg)
+    model = nets.build(x.shape[1], int(y.max()) + 1, cfg, seed)
     return model, probe_net(model, cfg, [(x, y)])
 
 
@@ -78,7 +77,7 @@ def test_recorded_norms_equal_direct_autograd(skip, norm):
 def test_probe_leaves_the_stack_as_it_found_it():
     torch.manual_seed(0)
     cfg = ModelConfig(depth=3, width=8, norm=Norm.batch)
-    stack = Stack.of([nets.build(5, 3, cfg) for _ in range(2)], cfg)
+    stack = Stack.of([nets.build(5, 3, cfg, seed) for seed in range(2)], cfg)
     stack.train(False)
     params = {k: v.detach().clone() for k, v in stack.params.items()}
     buffers = {k: v.clone() for k, v in stack.buffers.items()}
@@ -95,7 +94,7 @@ def test_probe_leaves_the_stack_as_it_found_it():
 def test_several_probe_batches_average_in_the_squared_domain():
     torch.manual_seed(0)
     cfg = ModelConfig(depth=2, width=8, activation=Activation.relu)
-    model = nets.build(5, 3, cfg)
+    model = nets.build(5, 3, cfg, 0)
     batches = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
     one = [probe_net(model, cfg, [b])["signal_grad_norm"] for b in batches]
     both = probe_net(model, cfg, batches)["signal_grad_norm"]
@@ -139,7 +138,7 @@ def test_dead_and_saturated_fractions():
     x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
     cfg = ModelConfig(depth=2, width=8, activation=Activation.relu)
     torch.manual_seed(0)
-    model = nets.build(5, 3, cfg)
+    model = nets.build(5, 3, cfg, 0)
     with torch.no_grad():
         model.blocks[1].linear.bias[:4] = -1e3  # half the units of layer 2 never fire,
         model.blocks[1].linear.bias[4:] = 1e3  # the other half always do
@@ -148,7 +147,7 @@ def test_dead_and_saturated_fractions():
     assert np.isnan(stats["saturated_fraction"]).all()
 
     cfg = ModelConfig(depth=2, width=8, activation=Activation.sigmoid)
-    model = nets.build(5, 3, cfg)
+    model = nets.build(5, 3, cfg, 0)
     with torch.no_grad():
         model.blocks[0].linear.bias[:] = 50.0  # sigmoid'(50) ~ 2e-22: all saturated
     stats = probe_net(model, cfg, [(x, y)])
@@ -158,7 +157,7 @@ def test_dead_and_saturated_fractions():
 
 def test_update_ratio_is_the_relative_weight_change_of_each_net():
     cfg = ModelConfig(depth=2, width=8)
-    stack = Stack.of([nets.build(5, 3, cfg) for _ in range(2)], cfg)
+    stack = Stack.of([nets.build(5, 3, cfg, seed) for seed in range(2)], cfg)
     probe = Probe(stack, cfg.activation, [])
     w = stack.weights()[0]
     before = w.detach().clone()

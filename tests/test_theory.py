@@ -156,10 +156,9 @@ def measured_rate(mnist1d, probe_batch: int, batches: int, seeds=(0, 1), **model
     x, y = torch.as_tensor(mnist1d.x_train), torch.as_tensor(mnist1d.y_train)
     rates = []
     for seed in seeds:
-        torch.manual_seed(seed)
         cfg = ModelConfig(**{k: v for k, v in model.items() if k != "scale"})
         cfg.residual.scale = model.get("scale", 1.0)
-        net = nets.build(x.shape[1], 10, cfg)
+        net = nets.build(x.shape[1], 10, cfg, seed)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 7))
         chunks = [order[k * probe_batch : (k + 1) * probe_batch] for k in range(batches)]
         stats = probe_net(net, cfg, [(x[i], y[i]) for i in chunks])
@@ -204,8 +203,7 @@ def test_residual_tanh_follows_the_stream_including_the_derivative_ratio(mnist1d
 
 def test_orthogonal_stem_sets_the_first_variance(mnist1d):
     # A tall orthogonal stem (40 -> 128) has orthonormal columns: fan_in Var(W) = 40/128.
-    torch.manual_seed(0)
-    net = nets.build(mnist1d.num_features, 10, ModelConfig(init="orthogonal", width=128))
+    net = nets.build(mnist1d.num_features, 10, ModelConfig(init="orthogonal", width=128), 0)
     with torch.no_grad():
         measured = net.stem(torch.as_tensor(mnist1d.x_train)).var().item()
     stem = theory.stem_variance("orthogonal", "tanh", mnist1d.num_features, 128, 1.0)

@@ -63,7 +63,7 @@ def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
     np.testing.assert_allclose([by_layer[i] for i in range(1, 33)], layers["signal_grad_norm"])
     assert "signal_log10_rate_init" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"layers.parquet", "config.yaml", "profile.png"} <= artifacts
+    assert {"layers.parquet", "config.json", "profile.png"} <= artifacts
 
 
 BAD_INPUTS = [

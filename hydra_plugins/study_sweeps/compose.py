@@ -8,6 +8,8 @@ template by setting the values, which is what composition would have produced.
 """
 
 import copy
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,3 +115,132 @@ def task_view(cfg: DictConfig) -> DictConfig:
     with read_write(task), open_dict(task):
         del task["hydra"]
     return task
+
+
+# ``${a.b.c}``: a node interpolation, the only kind GroupConfigs resolves itself.
+NODE_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\}")
+# What set_job_fields gives each job, as interpolations see it.
+JOB_FIELDS = ("hydra.job.num", "hydra.job.id", "hydra.job.override_dirname")
+
+
+def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, dict):
+        return [leaf for k, v in tree.items() for leaf in _leaves(v, f"{prefix}{k}.")]
+    return [(prefix[:-1], tree)]
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[last] = value
+
+
+class _NotSimple(Exception):
+    """An interpolation GroupConfigs leaves to OmegaConf."""
+
+
+class GroupConfigs:
+    """The resolved task configs and output folders of jobs that share a template, from one
+    copy of it.
+
+    ``job_config`` gives each job a fresh copy of its template (pickled and unpickled,
+    ~3 ms a job, as much as a probe-only cell computes). The jobs of a group share their
+    template and their value keys, so here one copy takes each job's values in turn and
+    every job reads back what Hydra would have given it: the values through OmegaConf (so
+    the schema's types apply), the interpolated strings (``run_name``, the output subdir)
+    recomputed from them. Only plain ``${a.b}`` references into the task config or the job
+    fields are recomputed here; any other interpolation makes every job take the exact
+    path (a full resolution). ``tests/test_compose.py`` checks both against Hydra's own
+    composition for every preset.
+    """
+
+    def __init__(self, template: DictConfig):
+        self.cfg = template  # a copy of its own: it is changed job after job
+        raw = OmegaConf.to_container(template, resolve=False)
+        self.subdir = raw["hydra"]["sweep"]["subdir"]
+        del raw["hydra"]
+        self.references = {k: v for k, v in _leaves(raw) if isinstance(v, str) and "${" in v}
+        texts = [*self.references.values(), str(self.subdir)]
+        keys = {k for text in texts for k in NODE_REFERENCE.findall(text)}
+        self.fast = all(
+            "\\" not in text and "${" not in NODE_REFERENCE.sub("", text) for text in texts
+        ) and all(not k.startswith("hydra.") or k in JOB_FIELDS for k in keys)
+        self.sweep_dir: str | None = None
+        self.resolved: dict[str, Any] | None = None  # the last job's, when fast
+        self.values: dict[str, Any] = {}  # what the copy holds now, key -> override value
+
+    def job(self, job: JobSpec) -> tuple[dict[str, Any], str]:
+        """(the job's task config, resolved, as plain containers; its output folder)."""
+        changed = [(k, v) for k, v in job.values if repr(self.values.get(k, ...)) != repr(v)]
+        for key, value in changed:
+            OmegaConf.update(self.cfg, key, value, merge=False)
+            self.values[key] = value
+        if self.resolved is None or not self.fast:
+            return self._exact(job)
+        try:
+            task = copy.deepcopy(self.resolved)
+            for key, _ in changed:
+                _set(task, key, _plain(OmegaConf.select(self.cfg, key)))
+            memo: dict[str, Any] = {}
+            for key in self.references:
+                _set(task, key, self._evaluate(key, task, job, memo))
+            subdir = self._substitute(str(self.subdir), task, job, memo)
+        except _NotSimple:
+            self.fast = False
+            return self._exact(job)
+        self.resolved = task
+        return copy.deepcopy(task), os.path.abspath(os.path.join(self.sweep_dir, subdir))
+
+    def _exact(self, job: JobSpec) -> tuple[dict[str, Any], str]:
+        self._drop_overridden(job)
+        set_job_fields(self.cfg, job)
+        task = {k: _plain(self.cfg[k]) for k in self.cfg if k != "hydra"}
+        sweep = self.cfg.hydra.sweep
+        self.sweep_dir = str(sweep.dir)
+        # Recomputed strings must keep their type: only str results are taken as they come.
+        if self.fast and all(isinstance(v, str) for k, v in _leaves(task) if k in self.references):
+            self.resolved = copy.deepcopy(task)
+        else:
+            self.fast = False
+        return task, os.path.abspath(os.path.join(self.sweep_dir, str(sweep.subdir)))
+
+    def _drop_overridden(self, job: JobSpec) -> None:
+        """A job value that replaces an interpolated node (or a node above one) makes it a
+        plain value for every job of the group (they share their value keys)."""
+        keys = [k for k, _ in job.values]
+        self.references = {
+            ref: text
+            for ref, text in self.references.items()
+            if not any(ref == k or ref.startswith(f"{k}.") for k in keys)
+        }
+        if any(isinstance(v, str) and "${" in v for _, v in job.values):
+            self.fast = False  # the job's own value is an interpolation
+
+    def _evaluate(self, key: str, task: dict, job: JobSpec, memo: dict[str, Any]) -> Any:
+        if key not in memo:
+            memo[key] = self._substitute(self.references[key], task, job, memo)
+        return memo[key]
+
+    def _substitute(self, text: str, task: dict, job: JobSpec, memo: dict[str, Any]) -> str:
+        def value(match: re.Match) -> str:
+            key = match.group(1)
+            if key in self.references:
+                return str(self._evaluate(key, task, job, memo))
+            if key.startswith("hydra."):
+                fields = {"hydra.job.num": job.idx, "hydra.job.override_dirname":
+                          job.override_dirname,
+                          "hydra.job.id": f"{self.cfg.hydra.job.name}_{job.idx}"}  # fmt: skip
+                return str(fields[key])
+            node: Any = task
+            for part in key.split("."):
+                node = node[part]
+            if isinstance(node, dict | list):
+                raise _NotSimple(key)  # OmegaConf prints containers its own way
+            return str(node)
+
+        return NODE_REFERENCE.sub(value, text)
