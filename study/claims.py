@@ -186,7 +186,7 @@ HYPOTHESES: list[Hypothesis | NotTested] = [
     NotTested("C18", "C18", "Residual connections improve generalization, not only "
               "optimization", "002",
               "the train-test gap of residual and plain nets at matched training loss, with a "
-              "budget long enough to overfit; the 150-step training sweep stops before that"),
+              "budget long enough to overfit; the 200-step training sweep stops before that"),
     Hypothesis("C19", "C19a", "Plain nets: the ReLU family reaches the target accuracy in "
                "fewer steps than sigmoid (each at its best learning rate)", "002",
                "train", "steps_needed", Compare("activation", RELU_FAMILY, ("sigmoid",)),

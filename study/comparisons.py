@@ -139,16 +139,21 @@ class Spread:
 
     def effects(self, frame, keys, value) -> pd.Series:
         fixed = [k for k in _other_keys(keys, self.factor) if k != "seed"]
+        if frame.empty:
+            return pd.Series(dtype=float)
+        # One pivot for all units (levels x seeds each), then plain arrays per unit.
+        table = frame.pivot_table(index=[*fixed, self.factor], columns="seed", values=value,
+                                  observed=True)  # fmt: skip
         out = {}
-        for key, unit in frame.groupby(fixed, observed=True):
-            wide = unit.pivot_table(index=self.factor, columns="seed", values=value, observed=True)
-            wide = wide.dropna()
+        for key, wide in table.groupby(level=fixed, observed=True, sort=True):
+            wide = wide.dropna(axis=1, how="all").dropna()  # this unit's seeds; full levels
             if len(wide) < 2 or wide.shape[1] < 2:
                 continue
+            values = wide.to_numpy(dtype=float)
             gaps = []
-            for seed in wide.columns:
-                rest = wide.drop(columns=seed).mean(axis=1)
-                gaps.append(wide.loc[rest.idxmax(), seed] - wide.loc[rest.idxmin(), seed])
+            for j in range(values.shape[1]):
+                rest = np.delete(values, j, axis=1).mean(axis=1)
+                gaps.append(values[rest.argmax(), j] - values[rest.argmin(), j])
             out[key] = float(np.mean(gaps))
         return pd.Series(out, dtype=float)
 
