@@ -87,8 +87,10 @@ def tuning_numbers(tuning: pd.DataFrame) -> dict[str, str]:
     depth (every activation but sigmoid) had levelled off by the end of the budget."""
     if tuning.empty:
         return {k: "--" for k in ("NTunedConfigs", "NShallowConfigs", "NShallowLevelledOff",
-                                  "DepthShallow", "NChosenLowest", "NChosenHighest",
-                                  "LevelledOffGain", "ShallowGainMax")}  # fmt: skip
+                                  "DepthShallow", "NChosenLowest", "NChosenLowestDeep",
+                                  "NChosenHighest", "LevelledOffGain", "ShallowGainMax",
+                                  "DepthDeep")}  # fmt: skip
+    lowest = tuning["lr"] == tuning["lr"].min()
     shallow = tuning[(tuning["depth"] == tuning["depth"].min())
                      & (tuning["activation"].astype(str) != "sigmoid")]  # fmt: skip
     return {
@@ -98,7 +100,9 @@ def tuning_numbers(tuning: pd.DataFrame) -> dict[str, str]:
         "NShallowLevelledOff": number(int(shallow["levelled_off"].fillna(False).sum())),
         "ShallowGainMax": number(float(shallow["last_quarter_gain"].max()), 2),
         "LevelledOffGain": number(analyze.LEVELLED_OFF),
-        "NChosenLowest": number(int((tuning["lr"] == tuning["lr"].min()).sum())),
+        "NChosenLowest": number(int(lowest.sum())),
+        "NChosenLowestDeep": number(int((lowest & (tuning["depth"] >= claims.DEEP)).sum())),
+        "DepthDeep": number(claims.DEEP),
         "NChosenHighest": number(int((tuning["lr"] == tuning["lr"].max()).sum())),
     }
 
