@@ -157,21 +157,22 @@ def residual_backward_factors(
     width: int, blocks: int = 64, reuse_forward_weights: bool = True, seed: int = 0
 ) -> np.ndarray:
     """Per-block growth of the squared stream gradient of a He-initialised residual ReLU
-    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64; index 0
+    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64 (the
+    Gaussian draws in float32: a quarter of the cost, and these draws are most of it); index 0
     is the block nearest the output. With ``reuse_forward_weights=False`` the backward pass
     draws fresh weights: the gradient-independence assumption of mean field, which predicts
     1 + chi_branch = 2 per block."""
     gen = torch.Generator().manual_seed(seed)
 
     def weight() -> torch.Tensor:
-        return torch.randn(width, width, generator=gen, dtype=torch.float64) * math.sqrt(2 / width)
+        return torch.randn(width, width, generator=gen).double() * math.sqrt(2 / width)
 
-    x = torch.randn(16, width, generator=gen, dtype=torch.float64)
+    x = torch.randn(16, width, generator=gen).double()
     weights, pre = [weight() for _ in range(blocks)], []
     for w in weights:
         pre.append(x @ w.T)
         x = x + torch.relu(pre[-1])
-    g, factors = torch.randn(16, width, generator=gen, dtype=torch.float64), []
+    g, factors = torch.randn(16, width, generator=gen).double(), []
     for w, h in zip(reversed(weights), reversed(pre), strict=True):
         w = w if reuse_forward_weights else weight()
         new = g + ((h > 0).double() * g) @ w

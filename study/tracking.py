@@ -22,6 +22,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,25 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+
+# Every engine this process has connected through, so that a forked sweep worker can let go
+# of the parent's pooled connections (SQLAlchemy's recipe for os.fork: dispose with
+# close=False, which leaves the parent's connections open for the parent).
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@event.listens_for(Engine, "engine_connect")
+def _remember(connection: Any) -> None:
+    _ENGINES.add(connection.engine)
+
+
+def _forget_inherited_connections() -> None:
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 # Keep alembic's schema-migration chatter out of the run's console.

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import collect
+from study import collect, records
 from study.verdicts import VERDICTS
 
 from .conftest import ROOT, subprocess_env
@@ -188,29 +188,6 @@ def test_changing_a_module_reruns_the_stages_that_import_it(repo):
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["collect"]
 
 
-def test_adding_a_seed_trains_only_the_new_cells(repo):
-    preset = repo / "conf" / "sweep" / "quick" / "train.yaml"
-    preset.write_text(preset.read_text().replace("      seed: 0,1\n", "      seed: 0,1,2\n"))
-    sweep_dir = repo / "multirun" / "quick" / "train"
-    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/run.json")}
-
-    assert "conf/sweep/quick/train.yaml" in run(repo, "dvc", "status").stdout
-    changed = run(repo, "dvc", "params", "diff").stdout
-    assert re.search(
-        r"conf/sweep/quick/train\.yaml\s+hydra\.sweeper\.params\.seed\s.*0,1,2", changed
-    )
-    proc = run(repo, "dvc", "repro")
-    assert stages_run(proc.stdout) == ["sweep_train", "collect", "analyze", "figures", "report"]
-    [(finished, diverged, failed, skipped)] = re.findall(
-        r"(\d+) finished, (\d+) diverged, (\d+) failed, (\d+) skipped", proc.stdout
-    )[-1:]
-    assert (int(finished) + int(diverged), int(failed), int(skipped)) == (16, 0, 32)
-    assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # old cells untouched
-    runs = pd.read_parquet(repo / "results" / "tables" / "runs.parquet")
-    assert runs["sweep"].value_counts()["train"] == 48
-    assert sorted(runs.loc[runs["sweep"] == "train", "seed"].unique()) == [0, 1, 2]
-
-
 def test_analyze_writes_every_result_and_is_deterministic(repo):
     out = repo / "results" / "analysis"
     names = ("decay_rates", "factor_effects", "trainable_depth", "claims")
@@ -270,3 +247,31 @@ def test_a_figure_code_change_reruns_figures_and_report_only(repo):
     status = run(repo, "dvc", "status").stdout
     assert "figures:" in status and "analyze:" not in status and "collect:" not in status
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["figures", "report"]
+
+
+# Last: it leaves the pipeline out of date (the stages after sweep_train not rerun).
+def test_adding_a_seed_trains_only_the_new_cells(repo):
+    preset = repo / "conf" / "sweep" / "quick" / "train.yaml"
+    preset.write_text(preset.read_text().replace("      seed: 0,1\n", "      seed: 0,1,2\n"))
+    sweep_dir = repo / "multirun" / "quick" / "train"
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/run.json")}
+
+    assert "conf/sweep/quick/train.yaml" in run(repo, "dvc", "status").stdout
+    changed = run(repo, "dvc", "params", "diff").stdout
+    assert re.search(
+        r"conf/sweep/quick/train\.yaml\s+hydra\.sweeper\.params\.seed\s.*0,1,2", changed
+    )
+    proc = run(repo, "dvc", "repro", "sweep_train")  # the rest is what the first test ran
+    assert stages_run(proc.stdout) == ["sweep_train"]
+    [(finished, diverged, failed, skipped)] = re.findall(
+        r"(\d+) finished, (\d+) diverged, (\d+) failed, (\d+) skipped", proc.stdout
+    )[-1:]
+    assert (int(finished) + int(diverged), int(failed), int(skipped)) == (16, 0, 32)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # old cells untouched
+    cells = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+    assert len(cells) == 48
+    seeds = {records.read_run(sweep_dir / c["dir"])["config"]["seed"] for c in cells}
+    assert seeds == {0, 1, 2}
+    # The new cell list is what collect reads: the tables (and all after them) are stale.
+    status = run(repo, "dvc", "status").stdout
+    assert "collect:" in status and "multirun/quick/train/sweep.json" in status

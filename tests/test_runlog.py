@@ -3,6 +3,7 @@ writes what the client path writes, in one transaction, and reruns trash what th
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
@@ -314,3 +316,30 @@ def test_concurrent_groups_into_one_sqlite_file_all_land(store, tmp_path):
         thread.join()
     assert len(logged) == 15
     assert len(active_runs(store, logged[0]["experiment_id"])) == 15
+
+
+def test_a_forked_worker_opens_its_own_connections_and_leaves_the_parents_open(tmp_path):
+    # The pool launcher forks its workers from a parent that has talked to the store: a
+    # child that reused the parent's pooled SQLite connection would share its file locks.
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "fork")
+    engine = tracker.sql_store.engine
+    engine.dispose()  # from here on, every connection records the process that opened it
+    sqlalchemy.event.listen(
+        engine, "connect", lambda _, record: record.info.update(pid=os.getpid())
+    )
+    with engine.connect() as connection:
+        assert connection.connection.info["pid"] == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report who opened the connection it is handed, then leave
+        try:
+            with engine.connect() as connection:
+                opened_by = connection.connection.info["pid"]
+                os.write(write, b"own" if opened_by == os.getpid() else b"inherited")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64) == b"own"
+    with engine.connect() as connection:  # the parent's connection is still its own, open
+        assert connection.connection.info["pid"] == os.getpid()
+        assert connection.exec_driver_sql("select count(*) from experiments").scalar() >= 1

@@ -51,6 +51,7 @@ def test_stack_optimizer_equals_torch_optim_with_one_rate_per_net(name, clip):
     cfg = ModelConfig(depth=3, width=16, activation=Activation.prelu, skip=Skip.highway)
     ocfg = OptimConfig(name=name, weight_decay=0.01, clip_norm=clip)
     rates = [0.01, 0.05, 0.1]
+    torch.manual_seed(0)  # the batches below: the same every run
     models = built(cfg)
     stack = Stack.of(models, cfg)
     optimizer = StackOptimizer(stack, ocfg, rates)
@@ -73,9 +74,12 @@ def test_stack_optimizer_equals_torch_optim_with_one_rate_per_net(name, clip):
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             ref.step()
+    # Batched and per-net matmuls sum in different orders; AdamW's normalised step m/sqrt(v)
+    # turns that rounding, in a gradient entry near zero, into up to ~1e-4 of a step of
+    # size lr <= 0.1 (seen: 1.8e-6 on unseeded batches), hence atol 1e-5, not 1e-6.
     for g, model in enumerate(models):
         for pname, p in model.named_parameters():
-            torch.testing.assert_close(stack.parameter(pname)[g], p.detach(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(stack.parameter(pname)[g], p.detach(), rtol=1e-5, atol=1e-5)
 
 
 def group_configs(*extra: str, rates=(0.01, 0.1)):

@@ -141,6 +141,7 @@ def test_submitit_local_launcher_runs_the_smoke_sweep(workdir):
     [
         ("model.activation=relu,swish", "model.activation", "swish"),
         ("data.dir=data/prepared,not/prepared", "data.name", "python -m study.data"),
+        ("hydra.launcher.start_method=threads", "hydra.launcher.start_method", "fork, spawn"),
     ],
 )
 def test_a_bad_value_in_the_grid_stops_the_sweep_before_any_work(workdir, override, key, hint):
@@ -178,10 +179,14 @@ def test_a_crashing_cell_is_recorded_as_failed_and_the_sweep_goes_on(workdir, pr
 
 
 def test_grouped_sweep_equals_the_job_by_job_sweep(workdir):
+    # Job by job in spawned workers (macOS's way), grouped in forked ones (Linux's default).
     grid = ("+sweep=smoke", "model.depth=8", "model.activation=tanh", "model.skip=residual",
             "train.steps=20", "seed=0,1,2", "model.init=xavier_normal,kaiming_normal")  # fmt: skip
     found = {}
-    for mode, extra in (("group", []), ("alone", ["hydra.launcher.group_task=null"])):
+    for mode, extra in (
+        ("group", []),
+        ("alone", ["hydra.launcher.group_task=null", "hydra.launcher.start_method=spawn"]),
+    ):
         sweep_dir = workdir / mode
         proc = train(workdir, "-m", *grid, f"hydra.sweep.dir={sweep_dir}", *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -214,7 +219,9 @@ def summary(stdout: str) -> dict[str, int]:
 
 
 def workers_of(pid: int) -> set[int]:
-    """Pool workers of a process: its children started by multiprocessing's spawn."""
+    """Pool workers of a process: its children forked from it (same command line) or
+    started by multiprocessing's spawn; not multiprocessing's helpers nor a passing git."""
+    parent = (Path("/proc") / str(pid) / "cmdline").read_bytes()
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -224,7 +231,7 @@ def workers_of(pid: int) -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-        if ppid == pid and b"spawn_main" in cmdline:
+        if ppid == pid and (cmdline == parent or b"spawn_main" in cmdline):
             found.add(int(entry.name))
     return found
 

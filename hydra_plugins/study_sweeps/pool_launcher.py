@@ -28,8 +28,10 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from study.config import ConfigError
+
 # _WORKER too: benchmarks/bench_sweep.py drives a worker in-process through this module.
-from ._workers import _WORKER, Pool, _init_worker, _run, _run_group, job_config  # noqa: F401
+from ._workers import _WORKER, START_METHODS, Pool, _init_worker, _run, _run_group, job_config  # noqa: F401
 from .compose import JobSpec, Planner, task_view
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class PoolLauncherConf:
     # group's nets): a bigger stack spills out of the caches and runs slower per net
     # (measured at depth 64, width 128: 126 ms a cell in groups of 21, 25 ms in groups of 7).
     max_group_elements: int = 8_000_000
+    # How workers start: fork | spawn | forkserver | auto (fork on Linux where it is safe,
+    # spawn elsewhere; _workers.start_method).
+    start_method: str = "auto"
 
 
 ConfigStore.instance().store(
@@ -169,7 +174,9 @@ class PoolLauncher(Launcher):
         group_over: Sequence[str] = (),
         max_group: int = 32,
         max_group_elements: int = 8_000_000,
+        start_method: str = "auto",
     ):
+        self.start_method = start_method
         self.max_group_elements = max_group_elements
         self.group_task, self.group_over = group_task, tuple(group_over)
         self.max_group = max(1, max_group)
@@ -183,6 +190,11 @@ class PoolLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        if self.start_method not in START_METHODS:
+            choices = ", ".join(START_METHODS)
+            raise ConfigError(
+                "hydra.launcher.start_method", f"{self.start_method!r}: expected one of {choices}"
+            )
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(
@@ -230,7 +242,7 @@ class PoolLauncher(Launcher):
 
         results: list[JobReturn | None] = [None] * len(jobs)
         progress = Progress(len(jobs), self.progress_every_s)
-        with Pool(workers, _init_worker, (payload,)) as pool:
+        with Pool(workers, _init_worker, (payload,), self.start_method) as pool:
             for index, kind, value in pool.run(tasks):
                 chunk = chunks[index]
                 if kind == "ok":
