@@ -6,8 +6,9 @@ One tracker per process and experiment, talking to the tracking URI of ``trackin
 A group's runs go to a SQLAlchemy-backed store (``sqlite://``, ``postgresql://``) in one
 transaction, written with MLflow's own table models: the rows ``create_run``, ``log_batch``
 and ``set_terminated`` would write, row for row, without their four-plus transactions per
-run (each a lock and a commit on SQLite). A tracking server does its own transactions: it
-gets those client calls, run by run, each ``log_batch`` within MLflow's limits.
+run (each a lock and a commit on SQLite; the rows and connections: ``mlflow_tables``). A
+tracking server does its own transactions: it gets those client calls, run by run, each
+``log_batch`` within MLflow's limits.
 """
 
 from __future__ import annotations
@@ -16,38 +17,27 @@ import functools
 import logging
 import math
 import os
-import random
 import shutil
-import sqlite3
 import tempfile
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import LifecycleStage, Metric, Param, RunTag, SourceType
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlflow.store.tracking.dbmodels.models import (
-    SqlLatestMetric,
-    SqlMetric,
-    SqlParam,
-    SqlRun,
-    SqlTag,
-)
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _validate_metric_name, _validate_param, _validate_tag
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+
+from study.mlflow_tables import SqlRows, retry_locked
 
 # A study's runs are nobody else's business, and usage pings cost time on every call
 # (MLflow reads this at each call).
@@ -56,42 +46,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow's limits per log_batch call.
 MAX_ENTITIES = 1000
 MAX_PARAMS_TAGS = 100
-# A locked database: tries of a group's transaction, and the first wait between them.
-LOCKED_TRIES = 5
-LOCKED_WAIT_S = 0.05
-
-T = TypeVar("T")
-
-
-@event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    """SQLite stores: write-ahead logging, so that sweep workers' reads never wait on a
-    writer and commits skip the rollback journal's fsyncs. A crash of the process loses
-    nothing; a power cut may lose the last commits, which the on-disk records still hold."""
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-
-# Every engine this process has connected through, so that a forked sweep worker can let go
-# of the parent's pooled connections (SQLAlchemy's recipe for os.fork: dispose with
-# close=False, which leaves the parent's connections open for the parent).
-_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-@event.listens_for(Engine, "engine_connect")
-def _remember(connection: Any) -> None:
-    _ENGINES.add(connection.engine)
-
-
-def _forget_inherited_connections() -> None:
-    for engine in list(_ENGINES):
-        engine.dispose(close=False)
-
-
-os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 # Keep alembic's schema-migration chatter out of the run's console.
@@ -127,24 +81,6 @@ def batches(params: list[Param], metrics: list[Metric]) -> list[dict[str, list]]
         m, metrics = metrics[:room], metrics[room:]
         out.append({"params": p, "metrics": m})
     return out
-
-
-def retry_locked(write: Callable[[], T], tries: int = LOCKED_TRIES) -> T:
-    """``write()``, tried again while the database is locked, after growing random waits.
-
-    Sweep workers share one SQLite file, which takes one writer at a time: MLflow's
-    sessions wait up to 20 s for the lock (``busy_timeout``), but SQLite also refuses some
-    lock requests at once. MLflow reports either as TEMPORARILY_UNAVAILABLE (as it does a
-    PostgreSQL deadlock); the transaction was rolled back whole, so trying it again is safe.
-    """
-    for attempt in range(tries - 1):
-        try:
-            return write()
-        except (MlflowException, OperationalError) as exc:
-            if getattr(exc, "error_code", "TEMPORARILY_UNAVAILABLE") != "TEMPORARILY_UNAVAILABLE":
-                raise
-        time.sleep(LOCKED_WAIT_S * 2**attempt * (1 + random.random()))
-    return write()
 
 
 @dataclass
@@ -316,69 +252,3 @@ class Tracker:
     ) -> None:
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, status=status)
-
-
-class SqlRows:
-    """A group's rows for MLflow's tables, as its SqlAlchemyStore would write them."""
-
-    def __init__(self, store: SqlAlchemyStore, experiment_id: int, start: int, end: int):
-        self.store, self.experiment_id, self.start, self.end = store, experiment_id, start, end
-        self.tables: dict[type, list[dict[str, Any]]] = {
-            model: [] for model in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)
-        }  # in this order: the later tables' rows refer to their run's row
-
-    def add(self, spec: RunSpec, run_id: str, artifact_uri: str) -> None:
-        metrics, params, tags = spec.validated()
-        self.tables[SqlRun].append({
-            "run_uuid": run_id, "name": spec.run_name, "artifact_uri": artifact_uri,
-            "experiment_id": self.experiment_id, "user_id": "unknown",
-            "source_type": SourceType.to_string(SourceType.UNKNOWN), "source_name": "",
-            "entry_point_name": "", "source_version": "", "status": spec.status,
-            "start_time": self.start, "end_time": self.end, "deleted_time": None,
-            "lifecycle_stage": LifecycleStage.ACTIVE,
-        })  # fmt: skip
-        self.tables[SqlTag] += [{"run_uuid": run_id, "key": t.key, "value": t.value} for t in tags]
-        self.tables[SqlParam] += [
-            {"run_uuid": run_id, "key": p.key, "value": p.value} for p in params
-        ]
-        history = self.metric_rows(run_id, metrics)
-        self.tables[SqlMetric] += history
-        self.tables[SqlLatestMetric] += latest_metrics(history)
-
-    def metric_rows(self, run_id: str, metrics: Sequence[Metric]) -> list[dict[str, Any]]:
-        """Sanitized (NaN -> 0 flagged, inf -> max float) and de-duplicated, as log_batch."""
-        rows: dict[tuple, dict[str, Any]] = {}
-        for m in metrics:
-            is_nan, value = self.store.sanitize_metric_value(m.value)
-            row = {"run_uuid": run_id, "key": m.key, "value": value,
-                   "timestamp": m.timestamp, "step": m.step, "is_nan": is_nan}  # fmt: skip
-            rows.setdefault((m.key, m.timestamp, m.step, value, is_nan), row)
-        return list(rows.values())
-
-    def write(self, trash: Sequence[str]) -> None:
-        """One transaction: superseded runs to the trash, then every row of the group."""
-        with self.store.ManagedSessionMaker(read_only=False) as session:
-            if trash:
-                stale = session.query(SqlRun).filter(
-                    SqlRun.run_uuid.in_(trash), SqlRun.lifecycle_stage == LifecycleStage.ACTIVE
-                )
-                for run in stale.all():
-                    self.store._mark_run_deleted(session, run)
-            for model, rows in self.tables.items():
-                if rows:  # Core inserts: the ORM's per-row bookkeeping is half the cost
-                    session.execute(model.__table__.insert(), rows)
-
-
-def latest_metrics(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per key, the row log_batch keeps as the latest: greatest (step, timestamp, value),
-    the first logged on a tie."""
-    latest: dict[str, dict[str, Any]] = {}
-    for row in history:
-        best = latest.get(row["key"])
-        if best is None or _rank(row) > _rank(best):
-            latest[row["key"]] = row
-    return list(latest.values())
-
-
-def _rank(row: dict[str, Any]) -> tuple:
-    return row["step"], row["timestamp"], row["value"]

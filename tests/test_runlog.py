@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from study import records, runlog, tracking
+from study import mlflow_tables, records, runlog, tracking
 from study.config import LAYER_STATS, TrackingConfig
 
 LAYER_METRICS = ["signal_grad_norm", "weight_grad_norm", "activation_rms"]
@@ -231,7 +231,7 @@ def test_a_failed_commit_leaves_no_run_and_the_rerun_one_per_cell(store, tmp_pat
         raise KeyboardInterrupt  # killed just before the commit
 
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(tracking.SqlRows, "write", crash)
+        patched.setattr(mlflow_tables.SqlRows, "write", crash)
         runlog.log_cells(cfg, cells, None)
     experiment_id = tracking.tracker(store, "crash").experiment_id
     assert len(active_runs(store, experiment_id)) == 1
@@ -262,7 +262,7 @@ def test_a_locked_database_is_waited_for_then_written(store, tmp_path):
 
 def test_a_transaction_refused_as_locked_is_tried_again(store, tmp_path, monkeypatch):
     cfg = config(store, "retry")
-    write, calls = tracking.SqlRows.write, []
+    write, calls = mlflow_tables.SqlRows.write, []
 
     def flaky(self, trash):
         calls.append(1)
@@ -270,15 +270,15 @@ def test_a_transaction_refused_as_locked_is_tried_again(store, tmp_path, monkeyp
             raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
         write(self, trash)
 
-    monkeypatch.setattr(tracking.SqlRows, "write", flaky)
-    monkeypatch.setattr(tracking, "LOCKED_WAIT_S", 0.001)
+    monkeypatch.setattr(mlflow_tables.SqlRows, "write", flaky)
+    monkeypatch.setattr(mlflow_tables, "LOCKED_WAIT_S", 0.001)
     logged = runlog.log_cells(cfg, [synthetic_cell(tmp_path / f"c{i}", i) for i in range(2)], None)
     assert len(calls) == 3
     assert len(active_runs(store, logged[0]["experiment_id"])) == 2
 
 
 def test_retry_locked_gives_up_after_its_tries_and_at_once_on_other_errors(monkeypatch):
-    monkeypatch.setattr(tracking, "LOCKED_WAIT_S", 0.001)
+    monkeypatch.setattr(mlflow_tables, "LOCKED_WAIT_S", 0.001)
     calls = []
 
     def locked():
@@ -286,8 +286,8 @@ def test_retry_locked_gives_up_after_its_tries_and_at_once_on_other_errors(monke
         raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
 
     with pytest.raises(MlflowException):
-        tracking.retry_locked(locked)
-    assert len(calls) == tracking.LOCKED_TRIES
+        mlflow_tables.retry_locked(locked)
+    assert len(calls) == mlflow_tables.LOCKED_TRIES
     calls.clear()
 
     def invalid():
@@ -295,7 +295,7 @@ def test_retry_locked_gives_up_after_its_tries_and_at_once_on_other_errors(monke
         raise MlflowException("bad key", INVALID_PARAMETER_VALUE)
 
     with pytest.raises(MlflowException):
-        tracking.retry_locked(invalid)
+        mlflow_tables.retry_locked(invalid)
     assert len(calls) == 1
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hydra_plugins.study_sweeps._workers import Pool
+from hydra_plugins.study_sweeps._pool import Pool
 from study import records
 from study.config import DataConfig, Dataset
 from study.data import load, write_npz
@@ -266,7 +266,7 @@ def test_a_dead_worker_fails_only_its_task_and_a_fresh_one_takes_its_place():
 
 POOL_SCRIPT = """
 import time
-from hydra_plugins.study_sweeps._workers import Pool
+from hydra_plugins.study_sweeps._pool import Pool
 with Pool(2, time.sleep, (0,)) as pool:
     print("started", flush=True)
     for _ in pool.run([(time.sleep, (120,))] * 4):

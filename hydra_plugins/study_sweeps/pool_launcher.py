@@ -1,7 +1,8 @@
 """``hydra/launcher=pool``: the study's default launcher for multiruns on one machine.
 
-A pool of long-lived worker processes (one per core by default, ``_workers.Pool``), each
-importing torch and MLflow once and then running job after job. Job configs come from
+A pool of long-lived worker processes (one per core by default, ``_pool.Pool``), forked
+with the sweep's imports (torch, MLflow) where that is safe, else spawned and importing
+them once, then running job after job. Job configs come from
 per-template copies (``compose.py``) instead of a full Hydra composition per job. Jobs
 that differ only in ``group_over`` keys go to a worker together, as one call of
 ``group_task``. A worker that dies (segfault, OOM kill) fails only the cells it was
@@ -31,7 +32,8 @@ from omegaconf import DictConfig
 from study.config import ConfigError
 
 # _WORKER too: benchmarks/bench_sweep.py drives a worker in-process through this module.
-from ._workers import _WORKER, START_METHODS, Pool, _init_worker, _run, _run_group, job_config  # noqa: F401
+from ._pool import START_METHODS, Pool
+from ._workers import _WORKER, _init_worker, _run, _run_group, job_config  # noqa: F401
 from .compose import JobSpec, Planner, task_view
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class PoolLauncherConf:
     # (measured at depth 64, width 128: 126 ms a cell in groups of 21, 25 ms in groups of 7).
     max_group_elements: int = 8_000_000
     # How workers start: fork | spawn | forkserver | auto (fork on Linux where it is safe,
-    # spawn elsewhere; _workers.start_method).
+    # spawn elsewhere; _pool.start_method).
     start_method: str = "auto"
 
 
