@@ -105,8 +105,8 @@ def start_method(requested: str) -> str:
     and has not initialised CUDA (a forked worker then starts in milliseconds, with the
     parent's imports, instead of importing torch and MLflow again: seconds per worker);
     spawned otherwise (macOS, where fork is unsafe; a CUDA parent, whose context a child
-    cannot use). MLflow's database connections are not shared: ``study.tracking`` drops
-    the inherited ones in the child."""
+    cannot use). MLflow's database connections are not shared: ``study.mlflow_tables``
+    drops the inherited ones in the child (MLflow keys its HTTP sessions by process id)."""
     if requested != "auto":
         return requested
     cuda = sys.modules.get("torch.cuda")
