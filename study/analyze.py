@@ -42,7 +42,7 @@ TRAINABLE_FLOOR = 0.5  # ... or if the shallowest itself is below this (it fails
 # than this over the last quarter of the budget (about 2 standard errors of a 5-seed mean
 # on the 360 validation images).
 LEVELLED_OFF = 0.01
-AXES = ("activation", "init", "norm", "skip", "depth")
+AXES = outcomes.MODEL_KEYS  # a configuration: every axis of the model
 
 # ---------------------------------------------------------------------------- decay rates
 
@@ -176,16 +176,16 @@ def tuning(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     if train.empty:
         return pd.DataFrame(columns=columns)
     best = outcomes.best_lr(train, AXES)
-    score = train["val_accuracy"].where(train["status"] == Status.finished, 0.0).fillna(0.0)
-    by_rate = train.assign(score=score).groupby([*AXES, "lr"], observed=True)["score"].mean()
-    listed = by_rate.reset_index().groupby(list(AXES), observed=True).apply(
-        lambda g: ",".join(f"{lr:g}:{v:.3f}" for lr, v in zip(g["lr"], g["score"], strict=True)),
+    by_rate = outcomes.rate_scores(train, AXES)
+    listed = by_rate.groupby(list(AXES), observed=True).apply(
+        lambda g: ",".join(f"{lr:g}:{v:.3f}" for lr, v in zip(g["lr"], g["val_accuracy"],
+                                                               strict=True)),
         include_groups=False,
     ).rename("val_by_lr")  # fmt: skip
     best = best.merge(listed.reset_index(), on=list(AXES))
     # The validation accuracy of each finished run at its last evaluation and at the one
-    # nearest three quarters of its budget.
-    chosen = tuned(runs)
+    # nearest three quarters of its budget (the runs of tuned(runs), without ranking again).
+    chosen = train.merge(best[[*AXES, "lr"]], on=[*AXES, "lr"], how="inner")
     finished = chosen[chosen["status"] == Status.finished][["sweep", "run_name", "steps"]]
     points = curves.merge(finished, on=["sweep", "run_name"], suffixes=("", "_budget"))
     points = points.assign(distance=(points["step"] - 0.75 * points["steps_budget"]).abs())

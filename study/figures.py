@@ -47,7 +47,9 @@ class Inputs:
     tuning: pd.DataFrame
 
 
-# A train-sweep configuration, whose learning rate tuning.parquet chose.
+# A train-sweep configuration, whose learning rate tuning.parquet chose: the key of that
+# table (analyze.AXES, outcomes.MODEL_KEYS), written here so that the figures stage need not
+# import the analysis (and rerun whenever its modules change).
 TUNED_AXES = ("activation", "init", "norm", "skip", "depth")
 
 # field: (folder argument, file, columns the figures read)

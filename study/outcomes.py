@@ -175,15 +175,21 @@ def best_lr(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     columns = [*keys, "lr", "val_accuracy", "rates"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
-    score = runs["val_accuracy"].where(runs["status"] == Status.finished, 0.0).fillna(0.0)
-    by_rate = (
-        runs.assign(score=score).groupby([*keys, "lr"], observed=True)["score"].mean()
-        .rename("val_accuracy").reset_index()
-    )  # fmt: skip
+    by_rate = rate_scores(runs, keys)
     by_rate["rates"] = by_rate.groupby(list(keys), observed=True)["lr"].transform("size")
     ranked = by_rate.sort_values([*keys, "val_accuracy", "lr"],
                                  ascending=[*(True for _ in keys), False, True])  # fmt: skip
     return ranked.drop_duplicates(list(keys), keep="first")[columns].reset_index(drop=True)
+
+
+def rate_scores(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per configuration and learning rate: ``val_accuracy``, the mean over its seeds of
+    the validation accuracy, a diverged run scoring 0 (what :func:`best_lr` ranks)."""
+    score = runs["val_accuracy"].where(runs["status"] == Status.finished, 0.0).fillna(0.0)
+    return (
+        runs.assign(score=score).groupby([*keys, "lr"], observed=True)["score"].mean()
+        .rename("val_accuracy").reset_index()
+    )  # fmt: skip
 
 
 def tuned_cells(runs: pd.DataFrame, tuned: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
