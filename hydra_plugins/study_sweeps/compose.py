@@ -10,7 +10,7 @@ template by setting the values, which is what composition would have produced.
 import copy
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,13 +100,25 @@ class Planner:
         return self.number(job, "model.depth") * self.number(job, "model.width") * batch
 
 
+# What Hydra records about a job under ``hydra.job`` (besides its overrides), from the
+# job's name and the job; GroupConfigs recomputes an interpolation of these itself.
+JOB_FIELDS: dict[str, Callable[[str, JobSpec], Any]] = {
+    "hydra.job.num": lambda name, job: job.idx,
+    "hydra.job.id": lambda name, job: f"{name}_{job.idx}",
+    "hydra.job.override_dirname": lambda name, job: job.override_dirname,
+}
+
+
+def job_fields(job_name: str, job: JobSpec) -> dict[str, Any]:
+    return {key: field(job_name, job) for key, field in JOB_FIELDS.items()}
+
+
 def set_job_fields(cfg: DictConfig, job: JobSpec) -> None:
     """What Hydra records about a job in its config: overrides, dirname, id, number."""
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.overrides.task = list(job.overrides)
-        cfg.hydra.job.override_dirname = job.override_dirname
-        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job.idx}"
-        cfg.hydra.job.num = job.idx
+        for key, value in job_fields(str(cfg.hydra.job.name), job).items():
+            OmegaConf.update(cfg, key, value, merge=False)
 
 
 def task_view(cfg: DictConfig) -> DictConfig:
@@ -119,8 +131,6 @@ def task_view(cfg: DictConfig) -> DictConfig:
 
 # ``${a.b.c}``: a node interpolation, the only kind GroupConfigs resolves itself.
 NODE_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\}")
-# What set_job_fields gives each job, as interpolations see it.
-JOB_FIELDS = ("hydra.job.num", "hydra.job.id", "hydra.job.override_dirname")
 
 
 def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -232,10 +242,7 @@ class GroupConfigs:
             if key in self.references:
                 return str(self._evaluate(key, task, job, memo))
             if key.startswith("hydra."):
-                fields = {"hydra.job.num": job.idx, "hydra.job.override_dirname":
-                          job.override_dirname,
-                          "hydra.job.id": f"{self.cfg.hydra.job.name}_{job.idx}"}  # fmt: skip
-                return str(fields[key])
+                return str(job_fields(str(self.cfg.hydra.job.name), job)[key])
             node: Any = task
             for part in key.split("."):
                 node = node[part]
