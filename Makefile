@@ -21,13 +21,16 @@ PROFILE ?= standard
 setup: $(STAMP) system
 
 # Debian packages, installed only when missing and only when we may (as root); otherwise
-# say what is missing: a PostgreSQL server (the tracking-server test and recipe) and TeX
-# with poppler (the report stage builds paper/main.pdf; its tests read it back).
+# say what is missing: a PostgreSQL server (the tracking-server test and recipe), SLURM
+# and munge (the cluster test starts a throwaway SLURM cluster) and TeX with poppler (the
+# report stage builds paper/main.pdf; its tests read it back).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended poppler-utils
 system:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && \
+	  command -v munged >/dev/null || missing="$$missing slurm-wlm munge"; \
 	command -v latexmk >/dev/null && command -v pdftotext >/dev/null && \
 	  kpsewhich booktabs.sty >/dev/null 2>&1 || missing="$$missing $(TEX_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \

@@ -14,7 +14,9 @@ the same cell key does nothing and reports ``skipped`` (see ``study.train``).
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
+import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -24,8 +26,13 @@ from typing import Any
 from mlflow.entities import Metric, RunStatus
 
 from study import records, tracking
+from study.config import ConfigError
 
 SWEEP_FILE = "sweep.json"
+# Held (flock) by the process running the sweep, released when it ends or dies: a second
+# invocation of the same sweep, on this machine or on another one sharing the folder,
+# would run the same cells at the same time.
+LOCK_FILE = ".sweep.lock"
 
 
 class Profile(enum.StrEnum):
@@ -59,6 +66,40 @@ def job_result(
     }
 
 
+def recorded(task_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any] | None:
+    """The cell's result if its folder already holds it (a finished or diverged record with
+    the cell's key), else None: what ``study.train.run_group`` would skip, decided before
+    any task is sent to a cluster."""
+    from study import train  # imports this module
+    from study.config import Config, as_dict, from_dict
+
+    record = records.read_run(out_dir)
+    if record is None:  # most cells of a first run: no need for the key
+        return None
+    cfg = from_dict(Config, task_cfg)
+    key = records.cell_key(as_dict(cfg), train.load_data(cfg.data).sha256)
+    if not train.is_done(record, key):
+        return None
+    return job_result(cfg.run_name, record["status"], key, out_dir)
+
+
+def lock(sweep_dir: Path) -> int:
+    """Hold the sweep's lock (an open descriptor; closing it releases the lock), or raise
+    the one-line error that says who has it."""
+    fd = os.open(Path(sweep_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            str(sweep_dir), f"this sweep is running already ({holder}); wait for it to end"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+    return fd
+
+
 def read(sweep_dir: Path) -> dict[str, Any]:
     """The sweep's ``sweep.json`` (empty if the sweep never started)."""
     path = Path(sweep_dir) / SWEEP_FILE
@@ -68,8 +109,9 @@ def read(sweep_dir: Path) -> dict[str, Any]:
 class Session:
     """One invocation of a sweep: counts outcomes, reports them and lists the cells at the end."""
 
-    def __init__(self, sweep_dir: Path, total: int, tracker: tracking.Tracker | None):
+    def __init__(self, sweep_dir: Path, total: int, tracker: tracking.Tracker | None, held: int):
         self.sweep_dir, self.total, self.tracker = sweep_dir, total, tracker
+        self.held = held  # the sweep's lock
         self.counts: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []
         self.cells: list[dict[str, Any]] = []
@@ -79,11 +121,21 @@ class Session:
 
     @classmethod
     def start(cls, config: Any, sweep_dir: Path, total: int) -> Session:
-        """Create the MLflow schema, experiment and parent run before any worker starts."""
+        """Take the sweep's lock, then create the MLflow schema, experiment and parent run
+        before any worker starts."""
+        held = lock(sweep_dir)
+        try:
+            return cls._open(config, sweep_dir, total, held)
+        except BaseException:
+            os.close(held)
+            raise
+
+    @classmethod
+    def _open(cls, config: Any, sweep_dir: Path, total: int, held: int) -> Session:
         tracker = None
         if config.tracking.enabled:
             tracker = tracking.Tracker(config.tracking.uri, config.tracking.experiment)
-        session = cls(sweep_dir, total, tracker)
+        session = cls(sweep_dir, total, tracker, held)
         previous = read(sweep_dir)
         if tracker is not None:
             session.parent_id = tracker.open_parent(
@@ -115,6 +167,12 @@ class Session:
         self.cells.append(cell)
 
     def finish(self) -> None:
+        try:
+            self._finish()
+        finally:
+            os.close(self.held)
+
+    def _finish(self) -> None:
         done = sum(self.counts.values())
         wall = time.monotonic() - self.t0
         if self.tracker is not None and self.parent_id is not None:

@@ -24,7 +24,10 @@ CONF = ROOT / "conf"
 # ~400 s suite): with a file per worker (`make test`), a long module handed out last would
 # run on alone at the end while the other worker idles. The sort is stable: each module's
 # tests keep their order, which the pipeline's tests rely on.
-LONGEST_FIRST = ("test_pipeline", "test_sweeps", "test_train", "test_tracking_server", "test_stack")
+LONGEST_FIRST = (
+    "test_pipeline", "test_sweeps", "test_slurm", "test_train", "test_tracking_server",
+    "test_stack",
+)  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -19,8 +19,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hydra_plugins.study_sweeps._pool import Pool
-from study import records
-from study.config import DataConfig, Dataset
+from study import records, sweep
+from study.config import ConfigError, DataConfig, Dataset
 from study.data import load, write_npz
 
 from .conftest import subprocess_env, train
@@ -100,6 +100,8 @@ def test_killed_sweep_completes_on_rerun_without_duplicates(workdir):
     while len(record_dirs(sweep_dir)) < 3 and time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be killed"
         time.sleep(0.05)
+    with pytest.raises(ConfigError, match=f"running already \\(pid {proc.pid} on "):
+        sweep.lock(sweep_dir)  # the running sweep holds it
     os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, workers included
     proc.wait()
     done_before = len(record_dirs(sweep_dir))
@@ -109,6 +111,23 @@ def test_killed_sweep_completes_on_rerun_without_duplicates(workdir):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{done_before} skipped" in rerun.stdout
     check_one_run_per_cell(workdir, sweep_dir, f"sqlite:///{workdir / 'mlflow.db'}", "smoke")
+
+
+def test_a_sweep_already_running_is_refused_in_one_line_with_nothing_written(workdir):
+    """Two invocations of one sweep (from two shells, or two machines sharing the folder)
+    would run the same cells at once: the second one stops before it writes anything."""
+    sweep_dir = workdir / "multirun" / "smoke"
+    sweep_dir.mkdir(parents=True)
+    held = sweep.lock(sweep_dir)  # as a running sweep holds it
+    try:
+        proc = train(workdir, "-m", "+sweep=smoke")
+    finally:
+        os.close(held)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert f"{sweep_dir.relative_to(workdir)}: this sweep is running already (pid " in line
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [sweep.LOCK_FILE]
+    assert not (workdir / "mlflow.db").exists()
 
 
 def test_eight_workers_create_a_fresh_database_without_locking_errors(workdir):

@@ -1,9 +1,10 @@
-"""The pool launcher's workers: what runs in one.
+"""What runs in a pool launcher's worker, or in a SLURM launcher's array task.
 
 :func:`_init_worker` receives the launcher's payload once (Hydra context, singleton state,
 task, pickled templates); :func:`_run` runs one job as Hydra's ``run_job`` would,
-:func:`_run_group` a group of jobs through the group task in one call. The processes
-themselves, and what happens when one dies, are ``_pool.py``'s.
+:func:`_run_group` a group of jobs through the group task in one call; :func:`run_task`
+is a cluster task's whole life. The processes themselves, and what happens when one
+dies, are ``_pool.py``'s.
 
 The leading underscore keeps Hydra's plugin scan from executing this module a second time
 (it re-runs every other module of ``hydra_plugins``): a second copy of these functions
@@ -172,3 +173,10 @@ def _run_group(jobs: Sequence[JobSpec], group_task: str) -> list[JobReturn]:
             HydraConfig.instance().cfg = prepared[i][0]  # type: ignore[assignment]
             callbacks.on_job_end(config=prepared[i][0], job_return=ret)
     return rets
+
+
+def run_task(state: bytes, jobs: Sequence[JobSpec], group_task: str | None) -> list[JobReturn]:
+    """A cluster task (one SLURM array task): a fresh process sets up as a pool worker does,
+    then runs its jobs, as one group through ``group_task`` or one by one."""
+    _init_worker(state)
+    return _run_group(jobs, group_task) if group_task else [_run(job) for job in jobs]

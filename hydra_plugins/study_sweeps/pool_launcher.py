@@ -40,12 +40,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PoolLauncherConf:
-    _target_: str = "hydra_plugins.study_sweeps.pool_launcher.PoolLauncher"
-    n_jobs: int = -1  # worker processes; -1 = one per CPU core
-    # Each worker runs single-threaded torch: parallelism comes from the workers.
-    threads_per_worker: int = 1
-    progress_every_s: float = 10.0  # seconds between progress lines (and one at the end)
+class GroupingConf:
+    """How a launcher groups jobs (the pool's and the SLURM launcher's)."""
+
     # Jobs that differ only in the ``group_over`` keys run as one group: ``group_task``
     # ("module:function") gets them all at once; the study's trains them as one stacked
     # network. Null runs job by job through the Hydra task function.
@@ -56,6 +53,15 @@ class PoolLauncherConf:
     # group's nets): a bigger stack spills out of the caches and runs slower per net
     # (measured at depth 64, width 128: 126 ms a cell in groups of 21, 25 ms in groups of 7).
     max_group_elements: int = 8_000_000
+
+
+@dataclass
+class PoolLauncherConf(GroupingConf):
+    _target_: str = "hydra_plugins.study_sweeps.pool_launcher.PoolLauncher"
+    n_jobs: int = -1  # worker processes; -1 = one per CPU core
+    # Each worker runs single-threaded torch: parallelism comes from the workers.
+    threads_per_worker: int = 1
+    progress_every_s: float = 10.0  # seconds between progress lines (and one at the end)
     # How workers start: fork | spawn | forkserver | auto (fork on Linux where it is safe,
     # spawn elsewhere; _pool.start_method).
     start_method: str = "auto"
@@ -121,6 +127,48 @@ def worker_templates(planner: Planner) -> dict[tuple[str, ...], tuple[bytes, byt
     }
 
 
+@dataclass
+class Plan:
+    """A launch's jobs, their templates, and the tasks they run in (indices into ``jobs``)."""
+
+    jobs: list[JobSpec]
+    templates: dict[tuple[str, ...], tuple[bytes, bytes]]
+    chunks: list[list[int]]
+
+
+def plan(
+    hydra_context: HydraContext,
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    grouping: GroupingConf,
+) -> Plan:
+    """Jobs planned on templates, in groups when ``grouping.group_task`` is set (else one
+    job a task)."""
+    planner = Planner(hydra_context, config)
+    jobs = [planner.plan(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+    if grouping.group_task:
+
+        def limit(job: JobSpec) -> int:
+            fits = int(grouping.max_group_elements // planner.activations(job))
+            return max(1, min(grouping.max_group, fits))
+
+        chunks = groups(jobs, grouping.group_over, limit, planner.cost)
+    else:
+        chunks = [[i] for i in range(len(jobs))]
+    return Plan(jobs, worker_templates(planner), chunks)
+
+
+def worker_payload(
+    hydra_context: HydraContext, task_function: TaskFunction, templates: dict
+) -> bytes:
+    """What every worker (or cluster task) starts from: ``_workers._init_worker``'s state."""
+    # cloudpickle: Hydra's singleton state holds OmegaConf resolvers defined inline.
+    return cloudpickle.dumps(
+        (hydra_context, Singleton.get_state(), task_reference(task_function), templates)
+    )
+
+
 def failed(templates: dict, job: JobSpec, error: BaseException) -> JobReturn:
     """A job that never returned (its worker died, or its task raised outside the job): its
     config is rebuilt here so the summary names the cell (``outcome`` reads ``run_name``)."""
@@ -179,9 +227,9 @@ class PoolLauncher(Launcher):
         start_method: str = "auto",
     ):
         self.start_method = start_method
-        self.max_group_elements = max_group_elements
-        self.group_task, self.group_over = group_task, tuple(group_over)
-        self.max_group = max(1, max_group)
+        self.grouping = GroupingConf(
+            group_task, list(group_over), max(1, max_group), max_group_elements
+        )
         self.n_jobs = n_jobs
         self.threads_per_worker = threads_per_worker
         self.progress_every_s = progress_every_s
@@ -209,19 +257,12 @@ class PoolLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
-        planner = Planner(self.hydra_context, self.config)
-        jobs = [planner.plan(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
-        templates = worker_templates(planner)
-        if self.group_task:
-
-            def limit(job: JobSpec) -> int:
-                fits = int(self.max_group_elements // planner.activations(job))
-                return max(1, min(self.max_group, fits))
-
-            chunks = groups(jobs, self.group_over, limit, planner.cost)
-            tasks = [(_run_group, ([jobs[i] for i in c], self.group_task)) for c in chunks]
+        p = plan(self.hydra_context, self.config, job_overrides, initial_job_idx, self.grouping)
+        jobs, templates, chunks = p.jobs, p.templates, p.chunks
+        group_task = self.grouping.group_task
+        if group_task:
+            tasks = [(_run_group, ([jobs[i] for i in c], group_task)) for c in chunks]
         else:
-            chunks = [[i] for i in range(len(jobs))]
             tasks = [(_run, (job,)) for job in jobs]
         # With groups, fewer tasks than jobs; a worker per task at most.
         workers = min(self.n_jobs if self.n_jobs > 0 else os.cpu_count() or 1, len(tasks))
@@ -232,15 +273,7 @@ class PoolLauncher(Launcher):
         # Set before the workers start, so that their BLAS/OpenMP pools are sized once.
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(self.threads_per_worker))
-        # cloudpickle: Hydra's singleton state holds OmegaConf resolvers defined inline.
-        payload = cloudpickle.dumps(
-            (
-                self.hydra_context,
-                Singleton.get_state(),
-                task_reference(self.task_function),
-                templates,
-            )
-        )
+        payload = worker_payload(self.hydra_context, self.task_function, templates)
 
         results: list[JobReturn | None] = [None] * len(jobs)
         progress = Progress(len(jobs), self.progress_every_s)
@@ -248,7 +281,7 @@ class PoolLauncher(Launcher):
             for index, kind, value in pool.run(tasks):
                 chunk = chunks[index]
                 if kind == "ok":
-                    rets = value if self.group_task else [value]
+                    rets = value if group_task else [value]
                 else:  # the task raised outside a job, or its worker died: its jobs failed
                     rets = [failed(templates, jobs[i], value) for i in chunk]
                 for i, ret in zip(chunk, rets, strict=True):

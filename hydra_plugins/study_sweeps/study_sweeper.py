@@ -110,10 +110,10 @@ class StudySweeper(BasicSweeper):
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        session = bookkeeping.Session.start(
+        session = bookkeeping.Session.start(  # first: it refuses a sweep already running
             self.config, sweep_dir, total=sum(len(b) for b in self.overrides)
         )
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns = []
         initial_job_idx = 0
         try:
