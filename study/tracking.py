@@ -32,11 +32,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import read_mlflow_creds
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _validate_metric_name, _validate_param, _validate_tag
 
+from study.config import ConfigError
 from study.mlflow_tables import SqlRows, retry_locked
 
 # A study's runs are nobody else's business, and usage pings cost time on every call
@@ -122,6 +124,38 @@ def _checked_param(key: str, value: str) -> Param:
     return _validate_param(key, value, path="params")  # truncates an overlong value
 
 
+class Refused(ConfigError):
+    """The tracking server refused this client: bad input, said in one line. Picklable
+    (ConfigError is not): raised in a sweep worker, it crosses back to the sweep."""
+
+    def __init__(self, uri: str, detail: str):
+        super().__init__("tracking.uri", f"{uri}: {detail}")
+        self.uri, self.detail = uri, detail
+
+    def __reduce__(self):
+        return Refused, (self.uri, self.detail)
+
+
+def refusal(uri: str, exc: MlflowException, wanted: str) -> Refused | None:
+    """A server's 401 or 403 (its basic-auth app) as :class:`Refused`; None for any other
+    error. ``wanted``: what the client was refused, for the 403."""
+    user = read_mlflow_creds()  # the environment's MLFLOW_TRACKING_*, else ~/.mlflow
+    if exc.error_code == "UNAUTHENTICATED":
+        fix = (
+            f"user {user.username} was rejected: check MLFLOW_TRACKING_PASSWORD"
+            if user.username and user.password
+            else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+        return Refused(uri, f"401 Unauthorized: {fix}")
+    if exc.error_code == "PERMISSION_DENIED":
+        return Refused(
+            uri,
+            f"403 Forbidden: user {user.username} may not {wanted}: "
+            "ask the server's admin for MANAGE permission",
+        )
+    return None
+
+
 @functools.cache
 def tracker(uri: str, experiment: str) -> Tracker:
     """One tracker per process and experiment: a sweep worker reuses it job after job."""
@@ -134,10 +168,15 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
-        )
+        try:  # the first request to the server: a refused client learns it here
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id if found else self.client.create_experiment(experiment)
+            )
+        except MlflowException as exc:
+            if error := refusal(uri, exc, f"use experiment {experiment}"):
+                raise error from None  # the server's answer is in the line; its stack is not
+            raise
         store = self.client._tracking_client.store
         # None: a tracking server (or another store), logged to through the client.
         self.sql_store = store if isinstance(store, SqlAlchemyStore) else None
@@ -234,7 +273,9 @@ class Tracker:
                 if self.client.get_run(run_id).info.lifecycle_stage == "active":
                     self.client.delete_run(run_id)
             except MlflowException:
-                pass  # already purged, never created, or logged to another store
+                # Already purged, never created, or logged to another store (a basic-auth
+                # server answers a non-admin 403 for a run it does not have).
+                pass
 
     def open_parent(self, run_id: str | None, run_name: str, tags: dict[str, str]) -> str:
         """Reopen the sweep's parent run if it still exists, else create it; its id."""
