@@ -16,14 +16,15 @@ DVC := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc
 # The study's size (params.yaml): quick | standard | full.
 PROFILE ?= standard
 
-.PHONY: setup system study study-quick data example test test-fast lint bench clean
+.PHONY: setup system study study-quick data example ui test test-fast lint bench clean
 
 setup: $(STAMP) system
 
 # Debian packages, installed only when missing and only when we may (as root); otherwise
 # say what is missing: a PostgreSQL server (the tracking-server test and recipe), SLURM
-# and munge (the cluster test starts a throwaway SLURM cluster) and TeX with poppler (the
-# report stage builds paper/main.pdf; its tests read it back).
+# and munge (the cluster test starts a throwaway SLURM cluster), TeX with poppler (the
+# report stage builds paper/main.pdf; its tests read it back) and chromium (the browser
+# test drives it through Playwright, which is told where it is and never downloads one).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended poppler-utils
 system:
@@ -33,6 +34,7 @@ system:
 	  command -v munged >/dev/null || missing="$$missing slurm-wlm munge"; \
 	command -v latexmk >/dev/null && command -v pdftotext >/dev/null && \
 	  kpsewhich booktabs.sty >/dev/null 2>&1 || missing="$$missing $(TEX_PACKAGES)"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && $(APT_INSTALL) $$missing >/dev/null; \
@@ -68,6 +70,12 @@ data: setup
 # One fully instrumented run: a deep tanh net with Xavier init, logged to ./mlflow.db.
 example: setup
 	$(PY) -m study.train model.depth=16 model.activation=tanh model.init=xavier_normal
+
+# The MLflow UI on ./mlflow.db (study/ui.py): bound to 127.0.0.1, one web worker, no job
+# runner, telemetry off; it prints each experiment's runs view. `make ui PORT=5001`.
+PORT ?= 5000
+ui: $(STAMP)
+	$(PY) -m study.ui --port $(PORT)
 
 # One pytest worker per core; each test file stays on one worker (the pipeline tests share
 # one DVC run of the quick profile). `pytest` alone runs them in one process.

@@ -4,18 +4,21 @@ each call its own transaction: the tracking-server path) and through the bulk pa
 group's rows in one transaction of MLflow's own table models: SQLite and PostgreSQL).
 
 Each repeat logs a fresh group of ``--cells`` synthetic cells (``tests/test_runlog.py``'s
-``synthetic_cell``: depth ``--depth``, ``--points`` probe points, the sweep presets' three
-layer metrics, no profile plot) with each path, alternating, into one SQLite store in a
+``synthetic_cell``: depth ``--depth``, ``--points`` probe points, the presets' per-layer
+statistics (all eight; ``--layer-metrics 3``: the three the presets used to log) and their
+profile picture (``--no-picture``: none)) with each path, alternating, into one SQLite store in a
 temporary folder, and then logs the same cells again as a rerun (each run superseding the
 first one, which goes to the trash). Printed: milliseconds per cell, median and best of the
 repeats, side by side. Timings are printed, never asserted.
 
     .venv/bin/python benchmarks/bench_runlog.py [--cells 20] [--depth 16] [--points 2] [--repeats 5]
+        [--layer-metrics 3] [--no-picture]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.test_runlog
 
 from study import records, runlog, tracking  # noqa: E402
-from study.config import TrackingConfig  # noqa: E402
+from study.config import LAYER_STATS, TrackingConfig  # noqa: E402
 from tests.test_runlog import LAYER_METRICS, synthetic_cell  # noqa: E402
 
 PATHS = ("client", "bulk")
@@ -54,6 +57,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--points", type=int, default=2, help="probe points per cell")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layer-metrics", type=int, choices=(3, 8), default=8)
+    parser.add_argument("--no-picture", action="store_true", help="no profile.svg")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-runlog-") as folder:
@@ -66,9 +71,10 @@ def main() -> None:
 
 def run(work: Path, args: argparse.Namespace) -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}"
+    stats = LAYER_METRICS if args.layer_metrics == 3 else list(LAYER_STATS)
     configs = {
-        path: TrackingConfig(uri=uri, experiment=path, profile_plot=False,
-                             layer_metrics=LAYER_METRICS)
+        path: TrackingConfig(uri=uri, experiment=path, profile_plot=not args.no_picture,
+                             layer_metrics=stats)
         for path in PATHS
     }  # fmt: skip
     tracking.tracker(uri, "client").sql_store = None  # log as to a tracking server
@@ -77,10 +83,12 @@ def run(work: Path, args: argparse.Namespace) -> None:
     print(
         f"{args.cells} cells a group, depth {args.depth}, {args.points} probe point(s); a run: "
         f"{len(spec.metrics)} metric values, {len(spec.params)} params, {len(spec.tags) + 1} "
-        f"tags, {len(spec.artifacts)} artifacts; SQLite, {args.repeats} repeats + 1 warm-up"
+        f"tags, {len(spec.artifacts) + len(spec.documents)} artifacts; SQLite, "
+        f"{args.repeats} repeats + 1 warm-up"
     )
 
     times: dict[tuple[str, str], list[float]] = {}
+    gc.freeze()  # as a sweep worker does after its imports (_workers._init_worker)
     for repeat in range(args.repeats + 1):
         for path in PATHS:
             cells = group(work / f"{path}{repeat}", args.cells, args.depth, args.points)

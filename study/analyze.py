@@ -15,6 +15,8 @@ reads ``results/tables/{runs,layers,curves}.parquet`` and writes ``results/analy
 - ``tuning.parquet``: per configuration of the train sweep, the learning rate it is judged
   at (the best on validation), its validation accuracy at every rate tried, and how much
   it still gained over the last quarter of the budget (has training levelled off?);
+- ``chosen_runs.parquet``: every run of the sweeps that try several learning rates, and
+  whether it is at its configuration's chosen rate (what the figures draw);
 - ``claims.parquet`` and ``claims.json`` (DVC metrics): the hypotheses of ``study.claims``
   tested by ``study.verdicts`` -- every target, within-target and secondary row.
 
@@ -43,6 +45,9 @@ TRAINABLE_FLOOR = 0.5  # ... or if the shallowest itself is below this (it fails
 # on the 360 validation images).
 LEVELLED_OFF = 0.01
 AXES = outcomes.MODEL_KEYS  # a configuration: every axis of the model
+# The sweeps whose configurations are judged at their best learning rate: their keys.
+TUNED = {"train": AXES, "regularize": outcomes.FRAME_KEYS["regularize"],
+         "curriculum": outcomes.FRAME_KEYS["curriculum"]}  # fmt: skip
 
 # ---------------------------------------------------------------------------- decay rates
 
@@ -166,6 +171,18 @@ def tuned(runs: pd.DataFrame) -> pd.DataFrame:
     return outcomes.at_best_lr(train, AXES)
 
 
+def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run of the ``TUNED`` sweeps: ``chosen`` if it is at its configuration's best
+    learning rate (failed runs never are)."""
+    parts = []
+    for sweep, keys in TUNED.items():
+        of = runs[runs["sweep"] == sweep]
+        done = of[of["status"] != Status.failed]
+        picked = outcomes.at_best_lr(done, keys)["run_name"] if len(done) else []
+        parts.append(of[["sweep", "run_name"]].assign(chosen=of["run_name"].isin(picked)))
+    return pd.concat(parts, ignore_index=True)
+
+
 def tuning(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """Per configuration of the train sweep: the rate it is judged at, the mean validation
     accuracy (diverged runs 0) at each rate tried, and, at the chosen rate, the mean gain in
@@ -223,12 +240,13 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)  # fmt: skip
         sys.exit(1)
     num_features = {name: entry["num_features"] for name, entry in manifest.items()}
-    table = verdicts.table(claims.HYPOTHESES, outcomes.frames(runs, layers, num_features))
+    table = verdicts.table(claims.HYPOTHESES, outcomes.frames(runs, layers, curves, num_features))
     outputs = {
         "decay_rates": decay_rates(runs, num_features),
         "factor_effects": factor_effects(runs),
         "trainable_depth": trainable_depth(runs, num_features),
         "tuning": tuning(runs, curves),
+        "chosen_runs": chosen_runs(runs),
         "claims": table,
     }
     for name, frame in outputs.items():

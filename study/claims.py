@@ -32,6 +32,9 @@ RATE = 0.02  # decades/layer: the smallest per-layer difference that counts
 RATIO = 0.5  # decades: the smallest first/last or gradient-level difference that counts
 ACCURACY = 0.05
 STEPS = 25  # one evaluation interval of the training sweeps
+STEPS_CURRICULUM = 10  # ... of the curriculum sweep
+RESIDUAL_BN = {"norm": ("batch",), "skip": ("residual",)}  # where 002 puts C15 and C16
+NO_DROPOUT, DROPOUT = ("0.0",), ("0.1", "0.3")  # the regularize sweep's rates, as levels
 # C5: |log10 g_1/g_L| grows like (depth - 1)^beta. Exponential decay has beta = 1, a power
 # law in depth about 0.3 (tanh + Xavier's q_l -> 0 like 1/l); "sub-exponential" is below
 # the midpoint.
@@ -172,21 +175,51 @@ HYPOTHESES: list[Hypothesis | NotTested] = [
                "those of plain nets", "000",
                "scale_shrink", "weight_grad_shrink", Compare("skip", ("none",), ("residual",)),
                min_effect=RATIO),
-    NotTested("C15", "C15", "Dropout with residual connections and batch norm narrows the "
-              "generalization gap and raises test accuracy", "002",
-              "a dropout axis and a budget long enough to overfit (dropout rate x norm x "
-              "skip, train-test gap); no sweep has dropout yet"),
-    NotTested("C16", "C16", "Curriculum learning makes training with residual connections "
-              "and batch norm more stable and efficient", "002",
-              "a curriculum order with a stated difficulty score against random order; no "
-              "sweep changes the order of examples yet"),
-    NotTested("C17", "C17", "Batch norm regularizes, reducing the need for dropout", "002",
-              "the generalization gap with and without batch norm, and the gain from dropout "
-              "with and without it; no sweep has dropout or an overfitting budget yet"),
-    NotTested("C18", "C18", "Residual connections improve generalization, not only "
-              "optimization", "002",
-              "the train-test gap of residual and plain nets at matched training loss, with a "
-              "budget long enough to overfit; the 200-step training sweep stops before that"),
+    Hypothesis("C15", "C15a", "In residual nets with batch norm, dropout narrows the "
+               "generalization gap", "002",
+               "regularize", "gap", Compare("dropout", DROPOUT, NO_DROPOUT),
+               where=RESIDUAL_BN, secondary=(("norm", "skip"),), direction=-1,
+               min_effect=ACCURACY / 2),
+    Hypothesis("C15", "C15b", "In residual nets with batch norm, dropout raises the test "
+               "accuracy (each configuration at its best learning rate)", "002",
+               "regularize", "accuracy", Compare("dropout", DROPOUT, NO_DROPOUT),
+               where=RESIDUAL_BN, secondary=(("norm", "skip"),), also=("finite",),
+               min_effect=ACCURACY / 2),
+    Hypothesis("C16", "C16a", "In residual nets with batch norm, a curriculum (the easiest "
+               "examples first) reaches the target accuracy in fewer steps than random order",
+               "002",
+               "curriculum", "steps_needed", Compare("curriculum", ("linear",), ("none",)),
+               where=RESIDUAL_BN, secondary=(("norm", "skip"),), direction=-1,
+               min_effect=STEPS_CURRICULUM),
+    Hypothesis("C16", "C16b", "In residual nets with batch norm, a curriculum diverges no "
+               "more often than random order (over the learning-rate grid)", "002",
+               "curriculum", "finite", Compare("curriculum", ("linear",), ("none",)),
+               where=RESIDUAL_BN, secondary=(("norm", "skip"),), min_effect=0.1),
+    Hypothesis("C16", "C16c", "In residual nets with batch norm, a curriculum ends with a "
+               "higher test accuracy than random order", "002",
+               "curriculum", "accuracy", Compare("curriculum", ("linear",), ("none",)),
+               where=RESIDUAL_BN, secondary=(("norm", "skip"),), also=("train_loss",),
+               min_effect=ACCURACY / 2),
+    Hypothesis("C17", "C17a", "Without dropout, batch norm narrows the generalization gap",
+               "002",
+               "regularize", "gap", Compare("norm", ("batch",), ("none",)),
+               where={"dropout": NO_DROPOUT}, secondary=(("dropout",),), direction=-1,
+               min_effect=ACCURACY / 2),
+    Hypothesis("C17", "C17b", "Batch norm reduces the need for dropout: dropout adds less "
+               "test accuracy with batch norm than without", "002",
+               "dropout_gain", "accuracy_gain", Compare("norm", ("none",), ("batch",)),
+               min_effect=ACCURACY / 2),
+    Hypothesis("C18", "C18a", "Without dropout, residual connections narrow the "
+               "generalization gap (same budget)", "002",
+               "regularize", "gap", Compare("skip", ("residual",), ("none",)),
+               where={"dropout": NO_DROPOUT}, secondary=(("dropout",),), direction=-1,
+               min_effect=ACCURACY / 2),
+    Hypothesis("C18", "C18b", "Without dropout, residual connections reach a higher "
+               "validation accuracy at the same training loss (generalization, not fit)",
+               "002",
+               "regularize", "val_at_matched_loss", Compare("skip", ("residual",), ("none",)),
+               where={"dropout": NO_DROPOUT}, secondary=(("dropout",),), also=("accuracy",),
+               min_effect=ACCURACY / 2),
     Hypothesis("C19", "C19a", "Plain nets: the ReLU family reaches the target accuracy in "
                "fewer steps than sigmoid (each at its best learning rate)", "002",
                "train", "steps_needed", Compare("activation", RELU_FAMILY, ("sigmoid",)),

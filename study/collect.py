@@ -35,6 +35,7 @@ from study import records, sweep
 from study.config import (
     LAYER_STATS,
     Activation,
+    Curriculum,
     Dataset,
     Init,
     Norm,
@@ -62,6 +63,8 @@ AXES: dict[str, Any] = {
     "init": _categories(Init),
     "norm": _categories(Norm),
     "skip": _categories(Skip),
+    "dropout": "float64",
+    "curriculum": _categories(Curriculum),
     "seed": "int64",
     "dataset": _categories(Dataset),
     "input_scale": "float64",
@@ -89,6 +92,8 @@ RUN_COLUMNS: dict[str, Any] = {
     "val_accuracy": "float64",
     "val_loss": "float64",
     "train_loss": "float64",
+    "train_split_accuracy": "float64",
+    "train_split_loss": "float64",
     "steps_done": "Int64",
     "diverged_at_step": "Int64",  # <NA>: did not diverge
     "steps_to_target": "Int64",  # <NA>: never reached data.target_accuracy
@@ -122,8 +127,10 @@ LAYER_COLUMNS: dict[str, Any] = {
 
 
 # The training curve of run.json: per evaluation, the mean training loss since the previous
-# one, the validation loss and accuracy.
-CURVE_STATS = ("train_loss", "val_loss", "val_accuracy")
+# one, the validation loss and accuracy, and (train.eval_train) the whole training split's
+# loss and accuracy, NaN where not measured.
+CURVE_STATS = ("train_loss", "val_loss", "val_accuracy", "train_split_loss",
+               "train_split_accuracy")  # fmt: skip
 CURVE_COLUMNS: dict[str, Any] = {
     **AXES,
     "step": "int64",
@@ -154,6 +161,8 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "init": model["init"],
         "norm": model["norm"],
         "skip": model["skip"],
+        "dropout": model["dropout"],
+        "curriculum": train["curriculum"],
         "seed": config["seed"],
         "dataset": config["data"]["name"],
         "input_scale": config["data"]["input_scale"],
@@ -187,7 +196,8 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
     return row
 
 
-_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
+_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss",
+            "train_split_accuracy", "train_split_loss")  # fmt: skip
 _SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", *SUMMARY_COLUMNS)
 
 
@@ -223,9 +233,9 @@ def read_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
 def curve_arrays(record: dict[str, Any]) -> dict[str, np.ndarray]:
     curve = record.get("curve") or {}
     out = {"step": np.asarray(curve.get("step", []), dtype=np.int64)}
-    for stat in CURVE_STATS:  # null in run.json: NaN (a diverged evaluation)
-        out[stat] = np.asarray([np.nan if v is None else v for v in curve.get(stat, [])],
-                               dtype=np.float64)  # fmt: skip
+    for stat in CURVE_STATS:  # null in run.json: NaN (a diverged evaluation); absent: NaN
+        values = curve.get(stat, [None] * len(out["step"]))
+        out[stat] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     return out
 
 

@@ -52,6 +52,14 @@ class Compare:
     def test(self, frame, keys, value, null) -> stats.UnitTest:
         return stats.t_test(self.effects(frame, keys, value), null)
 
+    def pairs(self) -> list[tuple[str, Compare]]:
+        """One comparison per level of ``a`` against one of ``b``, when a side pools several
+        levels: those are pooled too, and must agree as the other pooled axes must."""
+        if len(self.a) * len(self.b) < 2:
+            return []
+        return [(f"{self.factor}: {x} minus {y}", Compare(self.factor, (x,), (y,)))
+                for x in self.a for y in self.b]  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Ends(Compare):

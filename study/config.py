@@ -71,6 +71,15 @@ class Schedule(enum.StrEnum):
     none = "none"  # never
 
 
+class Curriculum(enum.StrEnum):
+    """The order of training examples (study.curriculum.SCHEDULES has each one's pacing)."""
+
+    none = "none"  # every example from the first step, reshuffled each epoch
+    linear = "linear"  # the easiest first; the pool grows linearly to every example
+    anti = "anti"  # the hardest first, same pacing (a control: is it the order?)
+    random = "random"  # a random subset first, same pacing (a control: is it the pacing?)
+
+
 class Device(enum.StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -131,6 +140,9 @@ class ModelConfig:
     residual: ResidualConfig = field(default_factory=ResidualConfig)
     highway: HighwayConfig = field(default_factory=HighwayConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
+    # Fraction of each block's output units zeroed in training (after the activation, before
+    # the skip); evaluation and probes run without it.
+    dropout: float = 0.0
 
 
 @dataclass
@@ -148,6 +160,10 @@ class TrainConfig:
     steps: int = 500  # 0 = probe at initialization only
     batch_size: int = 128
     eval_every: int = 50  # validation loss/accuracy every this many steps (and at the end)
+    # Also the whole training split's loss and accuracy at each evaluation (learning curves
+    # of the generalization gap); at the end of training it is always measured.
+    eval_train: bool = False
+    curriculum: Curriculum = Curriculum.none
     device: Device = Device.auto
     threads: int = 1  # torch intra-op threads; sweeps run one worker per core
 
@@ -165,7 +181,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "study"
-    profile_plot: bool = True  # a small per-layer profile PNG as an artifact
+    profile_plot: bool = True  # a small per-layer profile picture (profile.svg) as an artifact
     # Per-layer statistics mirrored as MLflow metrics (step = layer); all of them are in
     # the layers.parquet artifact either way. Large sweeps log fewer: each costs a row
     # per layer in the tracking database.
@@ -204,6 +220,7 @@ def validate(cfg: Config) -> None:
     _require(m.width >= 1, "model.width", f"must be a positive integer, got {m.width}")
     _require(m.dense.growth >= 1, "model.dense.growth", f"must be >= 1, got {m.dense.growth}")
     _require(m.residual.scale > 0, "model.residual.scale", f"must be > 0, got {m.residual.scale}")
+    _require(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")

@@ -24,7 +24,7 @@ from study import records
 from study.config import Config, ConfigError, DataConfig, Dataset, prepared_path, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "data"
-KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "difficulty_train")
 MANIFEST = "manifest.json"
 # Zip entries carry a timestamp; a fixed one keeps the file a function of the data alone.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -38,6 +38,7 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    difficulty_train: np.ndarray  # per training example, for curricula (see difficulty)
     num_features: int
     num_classes: int
     sha256: str
@@ -100,8 +101,36 @@ BUILDERS: dict[Dataset, Callable[[DataConfig], dict[str, np.ndarray]]] = {
 }
 
 
+# Curricula (study.curriculum) order the training split by a difficulty score fixed before
+# any net trains: minus the margin of a multinomial logistic regression that did not see the
+# example (cross-fitted over this many folds of the training split), where the margin is the
+# probability of the true class minus the largest other class probability. -1: confidently
+# right; +1: confidently wrong. Fitted on one BLAS thread, so that the file does not depend
+# on the machine's core count (the solver's path does), and rounded.
+DIFFICULTY_FOLDS = 5
+DIFFICULTY_DECIMALS = 4
+
+
+def difficulty(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """The difficulty score of each example of (x, y), as defined above."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    score = np.empty(len(y))
+    folds = StratifiedKFold(DIFFICULTY_FOLDS, shuffle=True, random_state=seed)
+    for fit, held in folds.split(x, y):
+        with threadpool_limits(limits=1):
+            model = LogisticRegression(max_iter=5000).fit(x[fit], y[fit])
+        proba = model.predict_proba(x[held])  # columns: every class, sorted (stratified folds)
+        truth = np.eye(proba.shape[1], dtype=bool)[y[held]]
+        score[held] = np.where(truth, -np.inf, proba).max(axis=1) - proba[truth]
+    return np.round(score, DIFFICULTY_DECIMALS).astype(np.float32)
+
+
 def build(cfg: DataConfig) -> dict[str, np.ndarray]:
-    """The six arrays: float32 features standardized by train statistics, int64 labels."""
+    """The arrays: float32 features standardized by train statistics, int64 labels, and the
+    training examples' difficulty scores."""
     validate(Config(data=cfg))  # the fraction rules live there, shared with training
     raw = BUILDERS[Dataset(cfg.name)](cfg)
     x_train = raw["x_train"].astype(np.float64)
@@ -112,6 +141,7 @@ def build(cfg: DataConfig) -> dict[str, np.ndarray]:
     for split in ("train", "val", "test"):
         out[f"x_{split}"] = ((raw[f"x_{split}"] - mean) / std).astype(np.float32)
         out[f"y_{split}"] = np.asarray(raw[f"y_{split}"], dtype=np.int64)
+    out["difficulty_train"] = difficulty(out["x_train"], out["y_train"], cfg.seed)
     return out
 
 

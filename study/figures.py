@@ -22,13 +22,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # a stage writes files; it never opens a window
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from study import figures_analysis as fa  # noqa: E402
+from study import figures_generalization as fg  # noqa: E402
 from study import figures_tables as ft  # noqa: E402
 from study import style  # noqa: E402
 from study.records import write_json  # noqa: E402
@@ -36,30 +36,30 @@ from study.records import write_json  # noqa: E402
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the figures draw on; the train sweep's runs and layers only at each
-    configuration's chosen learning rate (``tuning``), as the analysis judges them."""
+    """What the figures draw on; the runs, layers and curves of the sweeps that try several
+    learning rates only at each configuration's chosen rate (``chosen``), as the analysis
+    judges them."""
 
     runs: pd.DataFrame
     layers: pd.DataFrame
+    curves: pd.DataFrame
     decay: pd.DataFrame
     claims: pd.DataFrame
     trainable: pd.DataFrame
-    tuning: pd.DataFrame
+    chosen: pd.DataFrame
 
-
-# A train-sweep configuration, whose learning rate tuning.parquet chose: the key of that
-# table (analyze.AXES, outcomes.MODEL_KEYS), written here so that the figures stage need not
-# import the analysis (and rerun whenever its modules change).
-TUNED_AXES = ("activation", "init", "norm", "skip", "depth")
 
 # field: (folder argument, file, columns the figures read)
 FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "runs": ("tables", "runs.parquet", ("sweep", "depth", "activation", "init", "norm", "skip",
-                                        "lr", "seed", "status", "test_accuracy")),
+    "runs": ("tables", "runs.parquet", ("sweep", "run_name", "depth", "activation", "init",
+                                        "norm", "skip", "dropout", "curriculum", "lr", "seed",
+                                        "steps", "status", "test_accuracy",
+                                        "train_split_accuracy")),
     "layers": ("tables", "layers.parquet", ("sweep", "depth", "activation", "init", "norm",
                                             "skip", "lr", "run_name", "status", "step", "layer",
                                             "signal_grad_norm", "weight_grad_norm",
                                             "dead_fraction", "saturated_fraction")),
+    "curves": ("tables", "curves.parquet", ("sweep", "run_name", "step", "val_accuracy")),
     "decay": ("analysis", "decay_rates.parquet", ("sweep", "cell_id", "depth", "activation",
                                                   "init", "norm", "skip", "signal_rate",
                                                   "signal_rate_low", "signal_rate_high",
@@ -71,7 +71,7 @@ FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                               "note")),
     "trainable": ("analysis", "trainable_depth.parquet", ("activation", "init", "norm", "skip",
                                                           "depths", "fails_at", "six_xi_c")),
-    "tuning": ("analysis", "tuning.parquet", (*TUNED_AXES, "lr")),
+    "chosen": ("analysis", "chosen_runs.parquet", ("sweep", "run_name", "chosen")),
 }  # fmt: skip
 
 
@@ -117,7 +117,16 @@ FIGURES: tuple[Spec, ...] = (
          lambda d: _runs(ft.dead_rows(d.layers)), "runs", ("train",)),
     Spec("claims_forest", "Every claim's target rows: effect, interval and verdict.",
          lambda d: fa.claims_forest(d.claims), lambda d: len(fa.forest_rows(d.claims)),
-         "target rows", ("init", "train", "optim", "scale")),
+         "target rows", ("init", "train", "optim", "scale", "regularize", "curriculum")),
+    Spec("generalization_gap", "Generalization gap and test accuracy against the dropout rate, "
+         "per norm and skip, each configuration at its best learning rate.",
+         lambda d: fg.generalization_gap(d.runs), lambda d: len(fg.gap_rows(d.runs)), "runs",
+         ("regularize",)),
+    Spec("curriculum_curves", "Validation accuracy along training for each order of the "
+         "training examples, each configuration at its best learning rate.",
+         lambda d: fg.curriculum_curves(d.curves, d.runs),
+         lambda d: int(fg.curriculum_rows(d.curves)["run_name"].nunique()), "runs",
+         ("curriculum",)),
 )  # fmt: skip
 
 
@@ -152,21 +161,20 @@ def read_inputs(tables: Path, analysis: Path) -> Inputs:
             frames[field] = pd.read_parquet(path, columns=list(columns))
         except (OSError, pa.ArrowException) as exc:
             raise ValueError(f"{path} is not a readable parquet file ({exc})") from exc
-    for field in ("runs", "layers"):
-        frames[field] = at_chosen_lr(frames[field], frames["tuning"])
+    for field in ("runs", "layers", "curves"):
+        frames[field] = at_chosen_lr(frames[field], frames["chosen"])
     return Inputs(**frames)
 
 
-def at_chosen_lr(frame: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
-    """The rows of other sweeps, and of the train sweep at each configuration's chosen rate."""
+def at_chosen_lr(frame: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs at their configuration's chosen learning rate, and of sweeps that
+    try one rate only (``chosen`` lists the runs of the others)."""
 
     def key(rows: pd.DataFrame) -> pd.MultiIndex:
-        columns = [rows[c].astype(str) for c in TUNED_AXES] + [rows["lr"].astype(float)]
-        return pd.MultiIndex.from_arrays(columns)
+        return pd.MultiIndex.from_arrays([rows["sweep"].astype(str), rows["run_name"].astype(str)])
 
-    train = (frame["sweep"] == "train").to_numpy()
-    chosen = key(frame).isin(key(tuning)) if len(tuning) else np.zeros(len(frame), dtype=bool)
-    return frame[~train | chosen].reset_index(drop=True)
+    passed_over = chosen[~chosen["chosen"].astype(bool)]
+    return frame[~key(frame).isin(key(passed_over))].reset_index(drop=True)
 
 
 def main(argv: list[str] | None = None) -> None:

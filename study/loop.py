@@ -3,27 +3,39 @@ evaluation, divergence.
 
 The group trains as one stack (``study.stack``): one forward, backward and update per step
 for all its nets, each net on its own batches in its own order. Between scheduled steps a
-step is plain PyTorch: forward, backward, (clip), update, and the losses kept on the
-device. Nothing is read back to the host until a probe or an evaluation is due, which is
-also when divergence is checked. A single run is a group of one.
+step is plain PyTorch: forward (with each net's dropout masks), backward, (clip), update,
+and the losses kept on the device. Nothing is read back to the host until a probe or an
+evaluation is due, which is also when divergence is checked. Evaluations and probes run
+without dropout. A single run is a group of one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from study import curriculum
 from study.config import Config
 from study.data import Splits
 from study.optimizers import StackOptimizer
 from study.probes import STATS, Probe, probe_steps
 from study.records import Status
-from study.stack import Stack, per_net_loss
+from study.stack import Dropout, Stack, per_net_loss
+
+# A learning curve's columns, one value per evaluation: the mean training loss since the
+# previous one (training mode, on the batches seen), the validation loss and accuracy, and,
+# with train.eval_train, the whole training split's (evaluation mode).
+CURVE_KEYS = ("step", "train_loss", "val_loss", "val_accuracy")
+TRAIN_SPLIT_CURVE = ("train_split_loss", "train_split_accuracy")
+# Evaluated once training ends, in evaluation mode (no dropout, batch norm's running
+# statistics): split -> its metrics' prefix ("train_loss" is the curve's, above).
+FINAL_SPLITS = {"test": "test", "val": "val", "train": "train_split"}
+FINAL_METRICS = tuple(f"{p}_{m}" for p in FINAL_SPLITS.values() for m in ("loss", "accuracy"))
 
 
 @dataclass
@@ -38,15 +50,6 @@ class Outcome:
     steps_to_target: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless shuffled epochs; the last partial batch is dropped (batch norm needs full ones)."""
-    batch_size = min(batch_size, n)
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -65,14 +68,15 @@ def evaluate(stack: Stack, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray
 class Nets:
     """What the loop keeps per net; ``alive`` maps stack positions to the group's nets."""
 
-    def __init__(self, cfgs: Sequence[Config], x_train: torch.Tensor, device: torch.device):
+    def __init__(self, cfgs: Sequence[Config], difficulty: np.ndarray):
         self.alive = list(range(len(cfgs)))
         self.rows: list[list[tuple[int, dict[str, np.ndarray]]]] = [[] for _ in cfgs]
         # Separate streams, so that probing more or less never changes the training batches.
         self.batches = [
-            batch_indices(len(x_train), c.train.batch_size, torch.Generator().manual_seed(c.seed))
+            curriculum.batches(difficulty, c.train.batch_size, c.train.steps,
+                               c.train.curriculum, c.seed, torch.Generator().manual_seed(c.seed))
             for c in cfgs
-        ]
+        ]  # fmt: skip
 
     def next_batch(self, device: torch.device) -> torch.Tensor:
         return torch.stack([next(self.batches[i]) for i in self.alive]).to(device)
@@ -100,9 +104,9 @@ def probe_batches(data_x: torch.Tensor, data_y: torch.Tensor, cfgs: Sequence[Con
 def run(stack: Stack, data: Splits, cfgs: Sequence[Config], device: torch.device) -> list[Outcome]:
     """Train and probe the nets of ``stack`` together; ``cfgs[g]`` is net g's config.
 
-    The configs agree on everything but the seed, the init (already in the stack) and the
-    learning rate. A net whose loss turns non-finite is recorded as diverged at the check
-    that sees it and leaves the stack; the others go on.
+    The configs agree on everything but the seed, the init (already in the stack), the
+    learning rate, the dropout rate and the curriculum. A net whose loss turns non-finite is
+    recorded as diverged at the check that sees it and leaves the stack; the others go on.
     """
     t0 = time.perf_counter()
     cfg = cfgs[0]
@@ -117,7 +121,9 @@ def run(stack: Stack, data: Splits, cfgs: Sequence[Config], device: torch.device
     steps = cfg.train.steps
     group = len(cfgs)
 
-    nets = Nets(cfgs, x_train, device)
+    nets = Nets(cfgs, data.difficulty_train)
+    dropout = Dropout([c.model.dropout for c in cfgs], [c.seed for c in cfgs], device)
+    widths = stack.block_widths
     probe = Probe(stack, cfg.model.activation, probe_batches(x_train, y_train, cfgs))
     due = set(probe_steps(cfg.probe.schedule, steps)) if cfg.probe.enabled else set()
     probe_time = 0.0
@@ -137,14 +143,16 @@ def run(stack: Stack, data: Splits, cfgs: Sequence[Config], device: torch.device
     optimizer = StackOptimizer(stack, cfg.optim, [c.optim.lr for c in cfgs])
     losses = torch.empty(group, steps, device=device)
     outcomes = [Outcome(status=Status.finished, layers={}) for _ in cfgs]
-    curves = [{k: [] for k in ("step", "train_loss", "val_loss", "val_accuracy")} for _ in cfgs]
+    keys = CURVE_KEYS + TRAIN_SPLIT_CURVE if cfg.train.eval_train else CURVE_KEYS
+    curves = [{k: [] for k in keys} for _ in cfgs]
     last_eval = 0
     clip = cfg.optim.clip_norm
     stack.train()
 
     for step in range(1, steps + 1):
         idx = nets.next_batch(device)
-        loss = per_net_loss(stack(x_train[idx]), y_train[idx])
+        masks = dropout.masks(idx.shape[1], widths)
+        loss = per_net_loss(stack(x_train[idx], masks=masks), y_train[idx])
         stack.zero_grad()
         loss.sum().backward()  # nets share no parameter: each gets its own gradient
         if clip is not None:
@@ -174,6 +182,7 @@ def run(stack: Stack, data: Splits, cfgs: Sequence[Config], device: torch.device
                 break
             keep = keep.to(device)
             stack.select(keep)
+            dropout.select(keep)
             optimizer.select(keep)
             probe.select(keep)
             losses = losses[keep]
@@ -182,36 +191,37 @@ def run(stack: Stack, data: Splits, cfgs: Sequence[Config], device: torch.device
         if eval_due:
             val_loss, val_acc = evaluate(stack, tensors["x_val"], tensors["y_val"])
             train_loss = losses[:, last_eval:step].mean(dim=1).tolist()
+            if cfg.train.eval_train:
+                fit = evaluate(stack, x_train, y_train)
             for position, i in enumerate(nets.alive):
                 curve = curves[i]
                 curve["step"].append(step)
                 curve["train_loss"].append(train_loss[position])
                 curve["val_loss"].append(float(val_loss[position]))
                 curve["val_accuracy"].append(float(val_acc[position]))
+                if cfg.train.eval_train:
+                    curve["train_split_loss"].append(float(fit[0][position]))
+                    curve["train_split_accuracy"].append(float(fit[1][position]))
                 target = cfgs[i].data.target_accuracy
                 if outcomes[i].steps_to_target is None and val_acc[position] >= target:
                     outcomes[i].steps_to_target = step
             last_eval = step
 
     train_time = time.perf_counter() - t0 - probe_time
-    finals: dict[int, tuple[float, ...]] = {}
+    finals: dict[int, list[float]] = {}
     if nets.alive and steps > 0:
-        test = evaluate(stack, tensors["x_test"], tensors["y_test"])
-        val = evaluate(stack, tensors["x_val"], tensors["y_val"])
+        splits = [evaluate(stack, tensors[f"x_{s}"], tensors[f"y_{s}"]) for s in FINAL_SPLITS]
         for position, i in enumerate(nets.alive):
-            finals[i] = (*(float(v[position]) for v in test), *(float(v[position]) for v in val))
+            finals[i] = [float(v[position]) for pair in splits for v in pair]
     for i, out in enumerate(outcomes):
         if out.status is Status.finished:
             out.steps_done = steps
         # diverged, or probe-only (nothing was trained to evaluate): NaN
-        test_loss, test_acc, val_loss, val_acc = finals.get(i, (math.nan,) * 4)
-        out.metrics = {
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "train_loss": curves[i]["train_loss"][-1] if curves[i]["train_loss"] else math.nan,
-        }
+        values = finals.get(i, [math.nan] * 2 * len(FINAL_SPLITS))
+        out.metrics = dict(zip(FINAL_METRICS, values, strict=True))
+        out.metrics["train_loss"] = (
+            curves[i]["train_loss"][-1] if curves[i]["train_loss"] else math.nan
+        )
         out.curve = curves[i]
         out.layers = stack_rows(nets.rows[i], cfg.model.depth)
         # The group's time, shared equally: what one net cost in it.

@@ -1,7 +1,7 @@
 """The network family: a stem, ``depth`` hidden blocks, a linear head.
 
-A block is ``Linear -> Norm -> activation``; the skip decides how blocks are chained.
-Each axis is a registry (name -> constructor), so a new activation, init, norm or skip
+A block is ``Linear -> Norm -> activation -> dropout``; the skip decides how blocks are
+chained. Each axis is a registry (name -> constructor), so a new activation, init, norm or skip
 is one entry here and one enum member in ``study.config``.
 """
 
@@ -137,16 +137,18 @@ NORMS: dict[Norm, Callable[[int], nn.Module]] = {
 
 
 class Block(nn.Module):
-    """Linear -> Norm -> activation. ``linear`` output is z_l, ``act`` output is phi(u_l)."""
+    """Linear -> Norm -> activation -> dropout (in training; the skip comes after it).
+    ``linear`` output is z_l, ``act`` output is phi(u_l)."""
 
     def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig):
         super().__init__()
         self.linear = nn.Linear(fan_in, fan_out)
         self.norm = NORMS[cfg.norm](fan_out)
         self.act = ACTIVATIONS[cfg.activation].make()
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.linear(x)))
+        return self.drop(self.act(self.norm(self.linear(x))))
 
 
 class PlainLayer(nn.Module):

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from study import analyze, claims, theory, verdicts
+from study import analyze, claims, curriculum, data, outcomes, theory, verdicts
+from study.config import Curriculum
 from study.latex import define, escape, interval, macro_name, number
 from study.records import Status
 
@@ -74,6 +75,33 @@ def budget_numbers(runs: pd.DataFrame) -> dict[str, str]:
         "SeedsPerCell": number(int(init.groupby("cell_id")["seed"].nunique().max()))
         if len(init) else "--",
     }  # fmt: skip
+
+
+def generalization_numbers(runs: pd.DataFrame) -> dict[str, str]:
+    """The regularize and curriculum sweeps' budgets, the curricula's pacing and difficulty
+    score, and what the nets without dropout fit (at every rate: the sweep's range)."""
+    out = {"MatchedTrainLoss": number(outcomes.MATCHED_TRAIN_LOSS),
+           "DifficultyFolds": number(data.DIFFICULTY_FOLDS)}  # fmt: skip
+    pacing = curriculum.SCHEDULES[Curriculum.linear]
+    out["PacingStartPercent"] = number(100 * pacing.start)
+    out["PacingFullAtPercent"] = number(100 * pacing.full_at)
+    for sweep in ("regularize", "curriculum"):
+        part = runs[runs["sweep"] == sweep]
+        name = sweep.capitalize()
+        for key, column in (("Steps", "steps"), ("Width", "width"), ("BatchSize", "batch_size")):
+            out[f"{name}{key}"] = number(int(part[column].max())) if len(part) else "--"
+        for key, column in (("LRs", "lr"), ("Depths", "depth")):
+            out[f"{name}{key}"] = _listed(sorted(part[column].unique())) if len(part) else "--"
+    rates = runs.loc[runs["sweep"] == "regularize", "dropout"]
+    out["DropoutRates"] = _listed(sorted(rates.unique())) if len(rates) else "--"
+    plain = runs[(runs["sweep"] == "regularize") & (runs["dropout"] == 0)
+                 & (runs["status"] == Status.finished)]  # fmt: skip
+    for key, column in (
+        ("FitNoDropout", "train_split_accuracy"),
+        ("TestNoDropout", "test_accuracy"),
+    ):
+        out[key] = number(float(plain[column].median()), 3) if len(plain) else "--"
+    return out
 
 
 def _listed(values: list[float]) -> str:
@@ -228,6 +256,8 @@ def claim_numbers(table: pd.DataFrame) -> dict[str, str]:
 def short_stratum(stratum: str) -> str:
     """A stratum as the paper writes it."""
     return (stratum.replace("norm=none, skip=none", "plain nets")
+            .replace("norm=batch, skip=residual", "residual nets with batch norm")
+            .replace("dropout=0.0", "without dropout")
             .replace("activation in {relu, leaky_relu, prelu}", "rectifiers")
             .replace("init_quality=badly", "badly initialized")
             .replace("init_quality=well", "well initialized").replace("family=", "family ")

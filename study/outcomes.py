@@ -22,6 +22,11 @@ from study.probes import profile_summary
 from study.records import Status, summary_column
 
 STABLE_ACCURACY = 0.5  # a learning rate is stable if the run finished with this accuracy
+# "At matched training loss" (C18): the first evaluation at which the mean training loss
+# since the previous one is at or below this (cross-entropy: about 97% of the digits'
+# training batches right; nearly every net of the regularize sweep without dropout gets
+# there, a fifth of the way through its budget, before it has memorized the split).
+MATCHED_TRAIN_LOSS = 0.1
 
 # outcome column -> what it is (its unit follows the colon); the README and the claims'
 # "measurement" text use these words.
@@ -42,12 +47,17 @@ OUTCOMES = {
     "runs only: steps",
     "train_loss": "training loss over the last evaluation interval, finished runs only: loss",
     "weight_grad_level": "median over layers of log10 ||dL/dW_l|| at init: decades",
+    "gap": "generalization gap, accuracy on the whole training split minus test accuracy "
+    "(both in evaluation mode, at the end of training), finished runs only: accuracy",
+    "val_at_matched_loss": "validation accuracy at the first evaluation where the mean "
+    f"training loss is <= {MATCHED_TRAIN_LOSS} (finished runs that reach it): accuracy",
     # per configuration over a swept level (the derived tables of ``frames``):
     "max_stable_log10_lr": "log10 of the largest learning rate that finishes with test "
     f"accuracy >= {STABLE_ACCURACY} (none: half a decade below the grid): decades of lr",
     "depth_accuracy_gap": "accuracy at the deepest minus at the shallowest depth: accuracy",
     "weight_grad_shrink": "weight_grad_level at the largest minus at the smallest input "
     "scale: decades",
+    "accuracy_gain": "test accuracy with dropout minus without, same configuration: accuracy",
 }
 
 # Derived factors: a column made of two axes, matched as one.
@@ -65,6 +75,9 @@ FRAME_KEYS = {
     "train_runs": (*MODEL_KEYS, "seed"),
     "degradation": ("activation", "init", "norm", "skip"),
     "scale_shrink": ("activation", "init", "skip", "depth"),
+    "regularize": ("activation", "norm", "skip", "depth", "dropout"),
+    "dropout_gain": ("activation", "norm", "skip", "depth", "dropout"),
+    "curriculum": ("activation", "norm", "skip", "depth", "curriculum"),
 }
 
 # Well initialized: the plain net of the same activation, init and depth has a mean-field
@@ -72,7 +85,9 @@ FRAME_KEYS = {
 WELL_INITIALIZED = 0.02
 
 
-def run_values(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> pd.DataFrame:
+def run_values(
+    runs: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, num_features: dict
+) -> pd.DataFrame:
     """The runs that measured something, with every outcome of :data:`OUTCOMES`."""
     runs = runs[runs["status"] != Status.failed].copy()
     finished = runs["status"] == Status.finished
@@ -86,8 +101,10 @@ def run_values(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> 
     steps = runs["steps_to_target"].astype("Float64").astype(float)
     runs["steps_needed"] = steps.fillna(never).where(finished)
     runs["train_loss"] = runs["train_loss"].where(finished)
-    per_run = _layer_outcomes(layers)
+    runs["gap"] = (runs["train_split_accuracy"] - runs["test_accuracy"]).where(finished)
+    per_run = _layer_outcomes(layers).merge(_matched_loss(curves), how="outer")
     runs = runs.merge(per_run, on=["sweep", "run_name"], how="left")
+    runs["val_at_matched_loss"] = runs["val_at_matched_loss"].where(finished)
     runs["family"] = runs["activation"].map(_family_of()).astype("category")
     runs["norm_skip"] = runs["norm"].astype(str) + "+" + runs["skip"].astype(str)
     runs["setup"] = runs["optimizer"].astype(str) + np.where(runs["clip_norm"].notna(), "+clip", "")
@@ -120,6 +137,15 @@ def _layer_outcomes(layers: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([final, level, rms], axis=1).reset_index()
 
 
+def _matched_loss(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the validation accuracy at its first evaluation with the mean training loss
+    at or below MATCHED_TRAIN_LOSS (runs that never get there are left out)."""
+    fit = curves[curves["train_loss"] <= MATCHED_TRAIN_LOSS].sort_values("step")
+    first = fit.drop_duplicates(["sweep", "run_name"], keep="first")
+    return first[["sweep", "run_name", "val_accuracy"]].rename(
+        columns={"val_accuracy": "val_at_matched_loss"})  # fmt: skip
+
+
 @functools.cache
 def _family_of() -> dict[str, str]:
     return {a: f for f in nets.FAMILIES for a in nets.family(f)}
@@ -145,9 +171,11 @@ def cells(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def frames(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> dict:
+def frames(
+    runs: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, num_features: dict
+) -> dict:
     """Every table a claim reads (:data:`FRAME_KEYS`), cells unless named ``*_runs``."""
-    values = run_values(runs, layers, num_features)
+    values = run_values(runs, layers, curves, num_features)
     sweep = {name: values[values["sweep"] == name] for name in values["sweep"].cat.categories}
     tuned = at_best_lr(sweep["train"], FRAME_KEYS["train"])
     out = {
@@ -164,6 +192,11 @@ def frames(runs: pd.DataFrame, layers: pd.DataFrame, num_features: dict) -> dict
     scale = cells(sweep["scale"], (*FRAME_KEYS["scale_shrink"], "input_scale"))
     out["scale_shrink"] = level_gap(scale, "input_scale", "weight_grad_level",
                                     "weight_grad_shrink", FRAME_KEYS["scale_shrink"])  # fmt: skip
+    for name in ("regularize", "curriculum"):  # each configuration at its best rate
+        runs_of = sweep.get(name, values.iloc[:0])
+        out[name] = tuned_cells(runs_of, at_best_lr(runs_of, FRAME_KEYS[name]), FRAME_KEYS[name])
+    out["dropout_gain"] = gain_over(out["regularize"], "dropout", "accuracy", "accuracy_gain",
+                                    FRAME_KEYS["dropout_gain"])  # fmt: skip
     return out
 
 
@@ -229,6 +262,20 @@ def lr_range(optim: pd.DataFrame) -> pd.DataFrame:
     grid = cells(per_seed, keys)
     tuned = cells(at_best_lr(optim, keys), keys)[[*keys, "steps_needed"]]
     return grid.merge(tuned, on=list(keys), how="left")
+
+
+def gain_over(
+    frame: pd.DataFrame, factor: str, value: str, name: str, keys: tuple[str, ...]
+) -> pd.DataFrame:
+    """``value`` at each level of a numeric ``factor`` above its smallest minus at the
+    smallest, per combination of the other ``keys``, as column ``name``; NaN-free."""
+    if frame.empty or frame[factor].nunique() < 2:
+        return pd.DataFrame(columns=[*keys, name])
+    others = [k for k in keys if k != factor]
+    wide = frame.pivot_table(index=others, columns=factor, values=value, observed=True)
+    base = wide.columns.min()
+    gain = wide.drop(columns=base).sub(wide[base], axis=0)
+    return gain.stack(future_stack=True).rename(name).dropna().reset_index()[[*keys, name]]
 
 
 def level_gap(

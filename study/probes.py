@@ -159,8 +159,9 @@ def _norms(w: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------- summaries
 
-# The smallest positive float32 (subnormal): a gradient reported as 0 was below it.
-FLOAT32_TINY = float(np.nextafter(np.float32(0), np.float32(1)))
+# The smallest normal float32: a gradient reported as 0 was below it (runs flush subnormal
+# floats to zero: study.train.execute_group).
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def interior(depth: int) -> slice:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     profile = args.profile or str(runs["profile"].iloc[0])
     values = {"Profile": escape(profile), **numbers.run_counts(runs),
               **numbers.data_numbers(manifest), **numbers.budget_numbers(runs),
-              **numbers.tuning_numbers(tuning),
+              **numbers.tuning_numbers(tuning), **numbers.generalization_numbers(runs),
               **numbers.theory_numbers(rates), **numbers.excess_numbers(),
               **numbers.claim_numbers(table)}  # fmt: skip
     for stem, entry in figures.items():

@@ -16,11 +16,11 @@ from study.style import INIT_LABELS
 
 # Which sweeps each table draws on.
 SWEEPS = {
-    "claims": ("init", "train", "optim", "scale"),
+    "claims": ("init", "train", "optim", "scale", "regularize", "curriculum"),
     "theory": ("init", "train", "optim", "scale", "theory"),
     "factors": ("init", "train"),
     "trainable": ("train",),
-    "grids": ("init", "train", "optim", "scale", "theory"),
+    "grids": ("init", "train", "optim", "scale", "theory", "regularize", "curriculum"),
 }
 
 
@@ -140,11 +140,12 @@ def trainable_table(depth: pd.DataFrame) -> str:
                  size=r"\scriptsize\setlength{\tabcolsep}{3.5pt}")  # fmt: skip
 
 
-TRAINING_ONLY = ("optimizer", "lr", "clip_norm", "batch_size")
+TRAINING_ONLY = ("optimizer", "lr", "clip_norm", "batch_size", "dropout", "curriculum")
 GRID_ROWS = {  # row label -> runs.parquet column whose levels the row lists
     "dataset": "dataset", "depth": "depth", "width": "width", "activation": "activation",
     "init": "init", "norm": "norm", "skip": "skip", "residual scale": "residual_scale",
-    "input scale": "input_scale", "optimizer": "optimizer", "learning rate": "lr",
+    "input scale": "input_scale", "dropout": "dropout", "curriculum": "curriculum",
+    "optimizer": "optimizer", "learning rate": "lr",
     "clip norm": "clip_norm", "steps": "steps", "batch size": "batch_size",
     "probe batch": "probe_batch_size", "seeds": "seed",
 }  # fmt: skip

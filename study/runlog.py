@@ -1,24 +1,38 @@
 """A group's MLflow runs: what each cell's record becomes in the MLflow UI.
 
 Kept out of the run modules (``records.RUN_MODULES``): editing what MLflow shows, or the
-profile plot, reuses every record instead of retraining every cell. The records on disk
-are the source of truth; MLflow mirrors them (params = the resolved config, tags = status
-and provenance, metrics = outcomes, summaries, per-layer profiles and curves, artifacts =
-``layers.parquet``, ``config.json`` and optionally a profile plot).
+profile picture, reuses every record instead of retraining every cell. The records on disk
+are the source of truth; MLflow mirrors them:
+
+- times: start = the record's ``started_at``, end = start + ``timings.wall_s`` (a group's
+  cells start together and each lasts its share of the group's wall time);
+- params: the study's knobs (the resolved config less ``run_name`` and ``tracking``);
+- tags: status and provenance (``study.*``), MLflow's own (``mlflow.source.*``,
+  ``mlflow.user``) and a description (``mlflow.note.content``) holding the command that
+  reproduces the cell;
+- the dataset, as a run input with the data file's checksum as its digest;
+- metrics: outcomes, summaries and timings under their record names; the per-layer
+  profiles as ``{init,final}_by_layer/<stat>`` with step = layer (1 = input side), the
+  statistics that span decades as their log10 (``log10_<stat>``); the learning curves;
+- artifacts: ``layers.parquet``, ``config.json`` and a ``profile.svg`` picture.
 """
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import math
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag
 
-from study import records, tracking
+from study import profile_svg, records, reproduce, tracking
 from study.config import TrackingConfig
 from study.records import Status
 
@@ -28,30 +42,92 @@ MLFLOW_STATUS = {Status.finished: "FINISHED", Status.diverged: "FINISHED", Statu
 # committed), so that the rerun of a job killed while logging trashes what it left.
 MLFLOW_MARKER = ".mlflow_run"
 CONFIG_ARTIFACT = "config.json"
+PROFILE_ARTIFACT = "profile.svg"
+# What a run looks like in MLflow. Records carry it (``record["mlflow"]["mirror"]``), so a
+# sweep logs a skipped cell again when what MLflow shows has changed since it was logged.
+MIRROR_VERSION = 2
+# Per-layer statistics that span decades across layers: logged as their log10, so that the
+# MLflow chart of a vanishing profile is a line, not a flat zero with one spike. (Their
+# linear values are in layers.parquet; logging both would cost a third more rows, each
+# ~6 us of a cell's bookkeeping and ~200 bytes of the database, for a flat chart.)
+LOG10_STATS = ("weight_grad_norm", "signal_grad_norm", "activation_rms", "update_ratio")
+# Chart sections of the per-layer profiles: the metric name says the x axis is the layer.
+BY_LAYER = {"init": "init_by_layer", "final": "final_by_layer"}
+DATA_CONTEXT = "training"  # the input tag MLflow's Dataset column shows beside the name
+DIGEST_CHARS = 36  # MLflow keeps at most 36 characters of a dataset digest
 
 
-def profile_plot(layers: dict[str, np.ndarray], path: Path, title: str) -> None:
-    import matplotlib
+def layer_metric(when: str, stat: str) -> str:
+    return f"{BY_LAYER[when]}/{stat}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharex=True)
-    steps = sorted(set(layers["step"].tolist()))
-    for ax, grad in zip(axes, ("signal", "weight"), strict=True):
-        for step in (steps[0], steps[-1]) if len(steps) > 1 else steps[:1]:
-            rows = layers["step"] == step
-            norms = layers[f"{grad}_grad_norm"][rows]
-            with np.errstate(divide="ignore"):
-                ax.plot(layers["layer"][rows], np.log10(norms), marker=".", label=f"step {step}")
-        ax.set_title(f"{grad} gradient")
-        ax.set_xlabel("layer (1 = input side)")
-        ax.set_ylabel("log10 norm")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+def epoch_ms(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+
+
+def times(record: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(start, end) in ms: ``started_at`` and ``started_at + wall_s``."""
+    if not record.get("started_at"):
+        return None, None
+    start = epoch_ms(record["started_at"])
+    wall = (record.get("timings") or {}).get("wall_s")
+    return start, (start + round(1000 * wall) if wall is not None else None)
+
+
+@functools.cache
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return "unknown"
+
+
+def dataset(record: dict[str, Any]) -> DatasetInput:
+    """The prepared data file the cell read, identified by its SHA-256."""
+    data, config = record["data"], record["config"]["data"]
+    path = Path(config["dir"]) / f"{data['name']}.npz"
+    source = json.dumps({"uri": str(path)})
+    profile = json.dumps({"sha256": data["sha256"], "input_scale": config.get("input_scale")})
+    entry = Dataset(data["name"], data["sha256"][:DIGEST_CHARS], "local", source, None, profile)
+    return DatasetInput(entry, [InputTag("mlflow.data.context", DATA_CONTEXT)])
+
+
+def description(record: dict[str, Any]) -> str:
+    """The run's description (markdown): the command that reproduces the cell."""
+    return (
+        "Reproduce this cell (from the project root, data prepared):\n\n"
+        f"```\n{reproduce.command(record['config'])}\n```\n\n"
+        f"Cell key `{record['cell_key']}`, code version `{record['code_version']}`. "
+        "Per-layer charts (`init_by_layer/*`, `final_by_layer/*`): step = layer, "
+        "1 = input side; the Metrics table shows their last point, the layer nearest the "
+        "output. The record: `run.json` and `layers.parquet` in the cell's folder.\n"
+    )
+
+
+def tags(record: dict[str, Any], parent_run_id: str | None) -> dict[str, str]:
+    out = {
+        "study.status": record["status"],
+        "study.cell_key": record["cell_key"],
+        "study.code_version": record["code_version"],
+        "study.data_sha256": record["data"]["sha256"],
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": reproduce.ENTRY,
+        "mlflow.user": user(),
+        "mlflow.note.content": description(record),
+    }
+    if record.get("git_commit"):
+        out["mlflow.source.git.commit"] = record["git_commit"]
+    if record["error"]:
+        out["study.error"] = record["error"][:5000]
+    if parent_run_id:
+        out["mlflow.parentRunId"] = parent_run_id
+    return out
+
+
+def params(record: dict[str, Any]) -> dict[str, Any]:
+    """The study's knobs: not the run's name nor where it is logged."""
+    flat = records.flatten(record["config"])
+    return {k: v for k, v in flat.items() if k != "run_name" and not k.startswith("tracking.")}
 
 
 def metrics(
@@ -67,10 +143,14 @@ def metrics(
         if v is not None and not isinstance(v, bool) and math.isfinite(v)
     ]
     for when, rows in records.profile_points(layers):
+        depth = layers["layer"][rows]
         for stat in layer_metrics:
-            out += tracking.finite_metrics(
-                f"{when}/{stat}", layers[stat][rows], layers["layer"][rows], now
-            )
+            name, values = stat, layers[stat][rows]
+            if stat in LOG10_STATS:
+                name = f"log10_{stat}"
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    values = np.log10(values.astype(float))  # 0 -> -inf: left out, as NaN
+            out += tracking.finite_metrics(layer_metric(when, name), values, depth, now)
     curve = record["curve"]
     for key in ("train_loss", "val_loss", "val_accuracy"):
         out += tracking.finite_metrics(
@@ -103,33 +183,28 @@ def run_spec(
     parent_run_id: str | None,
     supersedes: list[str],
 ) -> tracking.RunSpec:
-    """The cell's MLflow run (its profile plot, if any, is drawn into ``out_dir``)."""
-    artifacts = [out_dir / records.LAYERS_FILE]
-    if tracking_cfg.profile_plot and len(layers["step"]):
-        plot = out_dir / "profile.png"
-        profile_plot(layers, plot, record["run_name"])
-        artifacts.append(plot)
-    tags = {
-        "study.status": record["status"],
-        "study.cell_key": record["cell_key"],
-        "study.code_version": record["code_version"],
-        "study.data_sha256": record["data"]["sha256"],
-    }
-    if record["error"]:
-        tags["study.error"] = record["error"][:5000]
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    return tracking.RunSpec(
-        run_name=record["run_name"],
-        params=records.flatten(record["config"]),
-        tags=tags,
-        metrics=metrics(record, layers, tracking_cfg.layer_metrics),
-        artifacts=artifacts,
-        status=MLFLOW_STATUS[Status(record["status"])],
-        supersedes=supersedes,
+    """The cell's MLflow run."""
+    documents = {
         # JSON, not YAML: the resolved config as run.json holds it, which the MLflow UI
         # shows as well, at a tenth of PyYAML's cost per cell.
-        documents={CONFIG_ARTIFACT: json.dumps(records.json_safe(record["config"]), indent=2)},
+        CONFIG_ARTIFACT: json.dumps(records.json_safe(record["config"]), indent=2)
+    }
+    if tracking_cfg.profile_plot and len(layers["step"]):
+        steps = sorted({int(s) for s in layers["step"]})
+        documents[PROFILE_ARTIFACT] = profile_svg.svg(layers, record["run_name"], steps)
+    start, end = times(record)
+    return tracking.RunSpec(
+        run_name=record["run_name"],
+        params=params(record),
+        tags=tags(record, parent_run_id),
+        metrics=metrics(record, layers, tracking_cfg.layer_metrics),
+        artifacts=[out_dir / records.LAYERS_FILE],
+        status=MLFLOW_STATUS[Status(record["status"])],
+        supersedes=supersedes,
+        documents=documents,
+        start_time=start,
+        end_time=end,
+        datasets=[dataset(record)],
     )
 
 
@@ -137,9 +212,9 @@ def log_cells(
     tracking_cfg: TrackingConfig,
     cells: Sequence[tuple[dict[str, Any], dict[str, np.ndarray], Path]],
     parent_run_id: str | None,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """One MLflow run per cell: (record, layers, out_dir) -> {"run_id", "experiment_id",
-    "tracking_uri"} each, in order. ``layers.parquet`` is in ``out_dir`` already.
+    "tracking_uri", "mirror"} each, in order. ``layers.parquet`` is in ``out_dir`` already.
 
     The runs an earlier attempt at a cell left go to the trash first (in the same
     transaction on SQL stores), so a rerun never leaves two active runs for one cell.
@@ -164,6 +239,7 @@ def log_cells(
         if spec.supersedes:
             write_marker(out_dir, [run_id])  # the superseded runs are in the trash now
     return [
-        {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri}
+        {"run_id": run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri,
+         "mirror": MIRROR_VERSION}
         for run_id in run_ids
-    ]
+    ]  # fmt: skip

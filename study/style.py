@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study.config import Activation, Init, Norm, Skip
+from study.config import Activation, Curriculum, Init, Norm, Skip
 from study.records import atomic_write
 from study.verdicts import VERDICTS
 
@@ -63,6 +63,12 @@ SKIP_COLORS: dict[str, str] = {
     Skip.highway: "#009988",
     Skip.dense: "#EE7733",
 }
+CURRICULUM_COLORS: dict[str, str] = {
+    Curriculum.none: "#555555",
+    Curriculum.linear: "#117733",
+    Curriculum.anti: "#AA4499",
+    Curriculum.random: "#DDAA33",
+}
 VERDICT_COLORS: dict[str, str] = {
     "supported": "#1B9E4B",
     "refuted": "#C0392B",
@@ -101,6 +107,12 @@ SKIP_LABELS: dict[str, str] = {
     Skip.highway: "highway",
     Skip.dense: "dense",
 }
+CURRICULUM_LABELS: dict[str, str] = {
+    Curriculum.none: "random order",
+    Curriculum.linear: "easiest first",
+    Curriculum.anti: "hardest first",
+    Curriculum.random: "paced, random ranking",
+}
 
 # Level order of each factor, as study.config declares it (figures draw in this order).
 LEVELS: dict[str, tuple[str, ...]] = {
@@ -108,6 +120,7 @@ LEVELS: dict[str, tuple[str, ...]] = {
     "init": tuple(Init),
     "norm": tuple(Norm),
     "skip": tuple(Skip),
+    "curriculum": tuple(Curriculum),
     "verdict": tuple(VERDICTS),
 }
 COLORS: dict[str, dict[str, str]] = {
@@ -115,6 +128,7 @@ COLORS: dict[str, dict[str, str]] = {
     "init": INIT_COLORS,
     "norm": NORM_COLORS,
     "skip": SKIP_COLORS,
+    "curriculum": CURRICULUM_COLORS,
     "verdict": VERDICT_COLORS,
 }
 LABELS: dict[str, dict[str, str]] = {
@@ -122,6 +136,7 @@ LABELS: dict[str, dict[str, str]] = {
     "init": INIT_LABELS,
     "norm": NORM_LABELS,
     "skip": SKIP_LABELS,
+    "curriculum": CURRICULUM_LABELS,
 }
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from mlflow.entities import Metric, RunStatus
 
-from study import records, tracking
-from study.config import ConfigError
+from study import mlflow_sweep, records, reproduce, tracking
+from study.config import ConfigError, TrackingConfig, from_dict
 
 SWEEP_FILE = "sweep.json"
 # Held (flock) by the process running the sweep, released when it ends or dies: a second
@@ -45,7 +45,7 @@ class Profile(enum.StrEnum):
 
 # The sweeps of a profile, in pipeline order (dvc.yaml stages sweep_<name>). They live here,
 # not in study.config, so that adding a sweep leaves every run's code_version unchanged.
-SWEEPS = ("init", "train", "optim", "scale", "theory")
+SWEEPS = ("init", "train", "optim", "scale", "theory", "regularize", "curriculum")
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:
@@ -117,35 +117,47 @@ class Session:
         self.cells: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
         self.parent_id: str | None = None
+        self.previous_parent: str | None = None  # the parent run of the last invocation
+        self.tracking_cfg: TrackingConfig | None = None
         self.t0 = time.monotonic()
 
     @classmethod
-    def start(cls, config: Any, sweep_dir: Path, total: int) -> Session:
+    def start(
+        cls, config: Any, sweep_dir: Path, total: int, about: mlflow_sweep.About | None = None
+    ) -> Session:
         """Take the sweep's lock, then create the MLflow schema, experiment and parent run
-        before any worker starts."""
+        before any worker starts. ``about``: how the sweep was asked for (its command,
+        preset and grid), which the parent run and the experiment show."""
         held = lock(sweep_dir)
         try:
-            return cls._open(config, sweep_dir, total, held)
+            return cls._open(config, sweep_dir, total, held, about or mlflow_sweep.About())
         except BaseException:
             os.close(held)
             raise
 
     @classmethod
-    def _open(cls, config: Any, sweep_dir: Path, total: int, held: int) -> Session:
+    def _open(
+        cls, config: Any, sweep_dir: Path, total: int, held: int, about: mlflow_sweep.About
+    ) -> Session:
         tracker = None
         if config.tracking.enabled:
             tracker = tracking.Tracker(config.tracking.uri, config.tracking.experiment)
         session = cls(sweep_dir, total, tracker, held)
         previous = read(sweep_dir)
         if tracker is not None:
-            session.parent_id = tracker.open_parent(
-                previous.get("parent_run_id")
-                if previous.get("tracking_uri") == tracker.uri
-                and previous.get("experiment_id") == tracker.experiment_id
-                else None,
-                run_name=f"sweep {sweep_dir.name}",
-                tags={"study.role": "sweep", "study.sweep_dir": str(sweep_dir)},
+            session.tracking_cfg = from_dict(TrackingConfig, _plain(config.tracking))
+            if (previous.get("tracking_uri"), previous.get("experiment_id")) == (
+                tracker.uri, tracker.experiment_id,
+            ):  # fmt: skip
+                session.previous_parent = previous.get("parent_run_id")
+            name = sweep_dir.name
+            session.parent_id = mlflow_sweep.open_parent(
+                tracker, session.previous_parent, about, name, sweep_dir, total
             )
+            mlflow_sweep.prepare_experiment(tracker, about, name, session.parent_id)
+            # Composed once here, inherited by forked workers: each cell's description
+            # (the command that reproduces it) is built against these defaults.
+            reproduce.defaults()
         session.info = {
             "parent_run_id": session.parent_id,
             "experiment_id": tracker.experiment_id if tracker else None,
@@ -175,25 +187,9 @@ class Session:
     def _finish(self) -> None:
         done = sum(self.counts.values())
         wall = time.monotonic() - self.t0
-        if self.tracker is not None and self.parent_id is not None:
-            now = int(time.time() * 1000)
-            metrics = [
-                Metric(f"cells_{k}", float(self.counts[k]), now, 0)
-                for k in ("finished", "diverged", "failed", "skipped")
-            ]
-            metrics += [
-                Metric("cells_total", float(self.total), now, 0),
-                Metric("cells_not_run", float(self.total - done), now, 0),
-                Metric("wall_s", wall, now, 0),
-            ]
-            tags = {"study.failed_cells": " ".join(n for n, _ in self.failures)[:5000]}
-            self.tracker.close_parent(
-                self.parent_id,
-                metrics,
-                tags,
-                RunStatus.to_string(RunStatus.FINISHED if done == self.total else RunStatus.KILLED),
-            )
         self._write_cells(done == self.total, wall)
+        if self.tracker is not None and self.parent_id is not None:
+            self._close_parent(done, wall)
         c = self.counts
         print(
             f"[sweep] {self.sweep_dir}: {done}/{self.total} cells in {wall:.1f}s: "
@@ -203,6 +199,44 @@ class Session:
         )
         for name, line in self.failures:
             print(f"[sweep] failed: {name}: {line}", flush=True)
+
+    def _close_parent(self, done: int, wall: float) -> None:
+        """The cells' runs under the parent, the summary on it, then its counts and end."""
+        assert self.tracker is not None and self.parent_id is not None
+        recorded, skipped = [], []
+        for cell in self.cells:
+            record = records.read_run(Path(cell["dir"])) if cell.get("dir") else None
+            if record is not None:
+                recorded.append(record)
+                if cell["status"] == "skipped" and record.get("mlflow"):
+                    skipped.append((record, Path(cell["dir"])))
+        relogged = mlflow_sweep.adopt(
+            self.tracker, self.tracking_cfg, self.parent_id, self.previous_parent, skipped
+        )
+        try:
+            mlflow_sweep.publish_summary(
+                self.tracker, self.parent_id, self.sweep_dir / SWEEP_FILE, recorded
+            )
+        except Exception as exc:  # noqa: BLE001 - the cells are logged; say what is missing
+            print(f"[sweep] the parent run's summary is incomplete: {exc}", flush=True)
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"cells_{k}", float(self.counts[k]), now, 0)
+            for k in ("finished", "diverged", "failed", "skipped")
+        ]
+        metrics += [
+            Metric("cells_total", float(self.total), now, 0),
+            Metric("cells_not_run", float(self.total - done), now, 0),
+            Metric("cells_relogged", float(relogged), now, 0),
+            Metric("wall_s", wall, now, 0),
+        ]
+        tags = {"study.failed_cells": " ".join(n for n, _ in self.failures)[:5000]}
+        self.tracker.close_parent(
+            self.parent_id,
+            metrics,
+            tags,
+            RunStatus.to_string(RunStatus.FINISHED if done == self.total else RunStatus.KILLED),
+        )
 
     def _write_cells(self, complete: bool, wall: float) -> None:
         root = self.sweep_dir.resolve()
@@ -224,3 +258,10 @@ class Session:
                 "cells": cells,
             },
         )
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node (DictConfig or dict) as plain, resolved containers."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -39,7 +39,7 @@ from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _validate_metric_name, _validate_param, _validate_tag
 
 from study.config import ConfigError
-from study.mlflow_tables import SqlRows, retry_locked
+from study.mlflow_tables import SqlRows, relink_rows, retry_locked
 
 # A study's runs are nobody else's business, and usage pings cost time on every call
 # (MLflow reads this at each call).
@@ -87,7 +87,8 @@ def batches(params: list[Param], metrics: list[Metric]) -> list[dict[str, list]]
 
 @dataclass
 class RunSpec:
-    """A finished run to log: what create_run, log_batch and set_terminated would take."""
+    """A finished run to log: what create_run, log_batch, log_inputs and set_terminated
+    would take."""
 
     run_name: str
     params: dict[str, Any]
@@ -97,6 +98,10 @@ class RunSpec:
     status: str  # FINISHED or FAILED
     supersedes: list[str] = field(default_factory=list)  # runs to trash first
     documents: dict[str, str] = field(default_factory=dict)  # file name -> text, written there
+    # When the run started and ended (ms since the epoch); None: when it is logged.
+    start_time: int | None = None
+    end_time: int | None = None
+    datasets: list[DatasetInput] = field(default_factory=list)  # MLflow's run inputs
 
     def validated(self) -> tuple[list[Metric], list[Param], list[RunTag]]:
         """As log_batch validates them: bad keys raise, overlong values are truncated.
@@ -198,23 +203,40 @@ class Tracker:
         return self._log_runs_sql(runs, on_create)
 
     def _log_run(self, spec: RunSpec, on_create: Callable[[str], None]) -> str:
-        """Through the client: create_run, log_batch calls, artifacts, set_terminated."""
+        """Through the client: create_run, log_batch calls, log_inputs, artifacts,
+        set_terminated."""
         self.delete_runs(spec.supersedes)
-        run = self.client.create_run(self.experiment_id, run_name=spec.run_name, tags=spec.tags)
+        run = self.client.create_run(
+            self.experiment_id, start_time=spec.start_time, run_name=spec.run_name, tags=spec.tags
+        )
         run_id = run.info.run_id
         on_create(run_id)
         try:
             params = [Param(k, str(v)) for k, v in spec.params.items()]
             for batch in batches(params, list(spec.metrics)):
                 self.client.log_batch(run_id, **batch)
+            if spec.datasets:
+                self._log_inputs(run_id, spec.datasets)
             # The run's artifact store is known from create_run: copy straight into it
             # instead of looking the run up again for every file.
             self._copy_artifacts(run.info.artifact_uri, spec)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
-        self.client.set_terminated(run_id, status=spec.status)
+        self.client.set_terminated(run_id, status=spec.status, end_time=spec.end_time)
         return run_id
+
+    def _log_inputs(self, run_id: str, datasets: list[DatasetInput], tries: int = 3) -> None:
+        """``log_inputs``, tried again if it fails: a server's store looks a dataset up, then
+        inserts it if new, so two workers logging a new dataset at once collide on its key;
+        the next try finds it (the bulk path inserts with ON CONFLICT DO NOTHING instead)."""
+        for attempt in range(tries):
+            try:
+                return self.client.log_inputs(run_id, datasets=datasets)
+            except MlflowException:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def _log_runs_sql(self, runs: Sequence[RunSpec], on_create: Callable[[int, str], None]):
         """The rows of all ``runs`` in one transaction, artifacts copied before it: a run
@@ -277,16 +299,14 @@ class Tracker:
                 # server answers a non-admin 403 for a run it does not have).
                 pass
 
-    def open_parent(self, run_id: str | None, run_name: str, tags: dict[str, str]) -> str:
-        """Reopen the sweep's parent run if it still exists, else create it; its id."""
-        if run_id is not None:
-            try:
-                if self.client.get_run(run_id).info.lifecycle_stage == "active":
-                    self.client.update_run(run_id, status="RUNNING")
-                    return run_id
-            except MlflowException:
-                pass
-        return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+    def relink(self, run_ids: Sequence[str], parent_id: str) -> None:
+        """Make ``parent_id`` the parent of runs that exist already (one statement a chunk on
+        SQL stores; a tag each on a server)."""
+        if self.sql_store is None:
+            for run_id in run_ids:
+                self.client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+            return
+        retry_locked(lambda: relink_rows(self.sql_store, run_ids, parent_id))
 
     def close_parent(
         self, run_id: str, metrics: Sequence[Metric], tags: dict[str, str], status: str

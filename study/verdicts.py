@@ -6,10 +6,11 @@ the *target* population where its article makes the claim. The target may be spl
 strata, each tested on its own; every row's unit is the cell (a configuration, its seeds
 averaged) unless the hypothesis is about one configuration across depth, whose unit is
 the run. Outside the target, the same comparison is reported per level of the secondary
-axes, and inside it per level of every axis the stratum pools (``pooled``); neither is
-pooled into the verdict, but a target stratum whose levels point both ways by more than
-``min_effect`` is ``mixed``. Verdicts come from the t-test of the effect that is reported,
-Holm-corrected over every tested target row of every claim.
+axes, and inside it per level of every axis the stratum pools (``pooled``) and per pair of
+the levels a side of the comparison pools (ReLU against sigmoid, leaky ReLU against
+sigmoid, ...); neither is pooled into the verdict, but a target stratum whose levels point
+both ways by more than ``min_effect`` is ``mixed``. Verdicts come from the t-test of the
+effect that is reported, Holm-corrected over every tested target row of every claim.
 """
 
 from __future__ import annotations
@@ -121,14 +122,16 @@ def evaluate(h: Hypothesis | NotTested, frames: dict[str, pd.DataFrame]) -> list
     for levels, stratum in _groups(select(frame, h.where, h.min_depth), h.strata):
         label = describe({**h.where, **levels}, h.min_depth)
         target = _row(h, label, "target", h.compare.test(stratum, keys, h.value, h.null))
-        within, sides = [], set()
-        for axis in pooled(h):
-            for sub_levels, sub in _groups(stratum, (axis,)):
-                test = h.compare.test(sub, keys, h.value, h.null)
-                within.append(_row(h, f"{label}; {describe(sub_levels)}", "within target", test))
-                side = h.direction * (test.effect.estimate - h.null)
-                if abs(side) > h.min_effect:
-                    sides.add(np.sign(side))
+        parts = [
+            (describe(sub_levels), h.compare.test(sub, keys, h.value, h.null))
+            for axis in pooled(h)
+            for sub_levels, sub in _groups(stratum, (axis,))
+        ]
+        parts += [(name, pair.test(stratum, keys, h.value, h.null))  # the levels a side pools
+                  for name, pair in getattr(h.compare, "pairs", list)()]  # fmt: skip
+        within = [_row(h, f"{label}; {name}", "within target", test) for name, test in parts]
+        effects = [h.direction * (test.effect.estimate - h.null) for _, test in parts]
+        sides = {np.sign(e) for e in effects if abs(e) > h.min_effect}
         if len(sides) == 2:
             target["note"] = "mixed: its levels point both ways (rows 'within target')"
         e = target["effect"], target["effect_low"], target["effect_high"]

@@ -84,3 +84,13 @@ def train(workdir: Path, *overrides: str, timeout: float = 600) -> subprocess.Co
         [sys.executable, "-m", "study.train", *overrides],
         cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def swept_project(tmp_path_factory, prepared, name: str, *args: str) -> Path:
+    """A project folder with the prepared data, after ``python -m study.train`` ``args``."""
+    workdir = tmp_path_factory.mktemp(name)
+    (workdir / "data").mkdir()
+    (workdir / "data" / "prepared").symlink_to(prepared)
+    proc = train(workdir, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hydra_plugins.study_sweeps.compose import GroupConfigs, Planner, task_view
 from hydra_plugins.study_sweeps.pool_launcher import job_config, worker_templates
 from study.config import Config, as_dict, from_dict
+from study.sweep import SWEEPS as SWEEP_NAMES
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SWEEPS = CONF / "sweep"
@@ -41,8 +42,7 @@ PRESETS = sorted(p.relative_to(SWEEPS).with_suffix("").as_posix() for p in SWEEP
 
 def test_every_preset_is_covered():
     profiles = ("quick", "standard", "full")
-    sweeps = ("init", "train", "optim", "scale", "theory")
-    assert PRESETS == sorted(["smoke", *(f"{p}/{s}" for p in profiles for s in sweeps)])
+    assert PRESETS == sorted(["smoke", *(f"{p}/{s}" for p in profiles for s in SWEEP_NAMES)])
 
 
 @pytest.fixture(scope="module")

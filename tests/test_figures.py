@@ -13,11 +13,11 @@ import pytest
 
 from study import figures, style
 from study import figures_analysis as fa
-from study.config import Activation, Init, Norm, Skip
+from study.config import Activation, Curriculum, Init, Norm, Skip
 from study.verdicts import VERDICTS
 
 ENUMS = {"activation": Activation, "init": Init, "norm": Norm, "skip": Skip,
-         "verdict": VERDICTS}  # fmt: skip
+         "curriculum": Curriculum, "verdict": VERDICTS}  # fmt: skip
 
 
 @pytest.mark.parametrize("factor", list(ENUMS))
@@ -59,7 +59,7 @@ def tiny_inputs() -> figures.Inputs:
         diverged = act == "relu" and skip == "residual" and depth == 8 and seed == 1
         runs.append({"sweep": "train", "depth": depth, "activation": act,
                      "init": "kaiming_normal", "norm": "none", "skip": skip, "seed": seed,
-                     "lr": 0.01,
+                     "lr": 0.01, "run_name": f"train-d{depth}-{act}-{skip}-s{seed}",
                      "status": "diverged" if diverged else "finished",
                      "test_accuracy": np.nan if diverged else 0.9 - 0.01 * depth})  # fmt: skip
         layers += layer_rows("train", depth, act, "kaiming_normal", "none", skip, seed,
@@ -82,13 +82,30 @@ def tiny_inputs() -> figures.Inputs:
         {"activation": "relu", "init": "kaiming_normal", "norm": "none", "skip": "none",
          "depths": "4,8", "fails_at": 8, "six_xi_c": np.inf},
     ]).astype({"fails_at": "Int64"})  # fmt: skip
-    tuning = pd.DataFrame([
-        {"activation": act, "init": "kaiming_normal", "norm": "none", "skip": skip,
-         "depth": depth, "lr": 0.01}
-        for act, skip, depth in itertools.product(("tanh", "relu"), ("none", "residual"), (4, 8))
-    ])  # fmt: skip
-    return figures.Inputs(runs=pd.DataFrame(runs), layers=pd.DataFrame(layers), decay=decay,
-                          claims=claims_table(), trainable=trainable, tuning=tuning)  # fmt: skip
+    curves = []
+    for norm, skip, p, seed in itertools.product(("none", "batch"), ("none", "residual"),
+                                                 (0.0, 0.3), (0, 1)):  # fmt: skip
+        diverged = norm == "none" and skip == "residual" and seed == 1
+        runs.append({"sweep": "regularize", "depth": 4, "activation": "relu",
+                     "init": "kaiming_normal", "norm": norm, "skip": skip, "dropout": p,
+                     "seed": seed, "lr": 0.03, "run_name": f"reg-{norm}-{skip}-p{p}-s{seed}",
+                     "status": "diverged" if diverged else "finished",
+                     "train_split_accuracy": np.nan if diverged else 0.95 - p,
+                     "test_accuracy": np.nan if diverged else 0.6 + 0.1 * p})  # fmt: skip
+    for order, norm, seed in itertools.product(("none", "linear"), ("none", "batch"), (0, 1)):
+        name = f"cur-{order}-{norm}-s{seed}"
+        runs.append({"sweep": "curriculum", "depth": 8, "activation": "relu",
+                     "init": "kaiming_normal", "norm": norm, "skip": "residual",
+                     "curriculum": order, "seed": seed, "lr": 0.1, "steps": 40,
+                     "run_name": name, "status": "finished", "test_accuracy": 0.9})  # fmt: skip
+        curves += [{"sweep": "curriculum", "run_name": name, "step": step,
+                    "val_accuracy": step / (50 if order == "linear" else 60)}
+                   for step in (10, 20, 30, 40)]  # fmt: skip
+    runs = pd.DataFrame(runs)
+    chosen = runs.loc[runs["sweep"] != "init", ["sweep", "run_name"]].assign(chosen=True)
+    return figures.Inputs(runs=runs, layers=pd.DataFrame(layers), curves=pd.DataFrame(curves),
+                          decay=decay, claims=claims_table(), trainable=trainable,
+                          chosen=chosen)  # fmt: skip
 
 
 def claims_table() -> pd.DataFrame:
@@ -123,7 +140,7 @@ def test_every_figure_is_written_as_pdf_and_png_with_a_listing(tmp_path, shrink)
     inputs = shrink(tiny_inputs())
     figures.render(inputs, tmp_path)
     stems = [spec.stem for spec in figures.FIGURES]
-    assert len(stems) == len(set(stems)) == 8
+    assert len(stems) == len(set(stems)) == 10
     for stem in stems:
         for ext in ("pdf", "png"):
             assert (tmp_path / f"{stem}.{ext}").stat().st_size > 1000, f"{stem}.{ext}"
@@ -136,6 +153,8 @@ def test_every_figure_is_written_as_pdf_and_png_with_a_listing(tmp_path, shrink)
         assert listing["trainability"]["n"] == 16  # every train run, diverged ones too
         assert listing["profiles_init"]["n"] == 8
         assert listing["theory_vs_measured"]["n"] == 3  # the highway cell has no theory
+        assert listing["generalization_gap"]["n"] == 16  # diverged runs counted too
+        assert listing["curriculum_curves"]["n"] == 8
 
 
 def test_figures_are_byte_stable(tmp_path):
@@ -168,11 +187,13 @@ def test_missing_input_is_one_line_naming_the_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_train_sweep_is_drawn_at_each_configurations_chosen_rate():
+def test_tuned_sweeps_are_drawn_at_each_configurations_chosen_rate():
     inputs = tiny_inputs()
-    other = inputs.runs[inputs.runs["sweep"] == "train"].assign(lr=0.1, test_accuracy=0.0)
-    runs = pd.concat([inputs.runs, other, inputs.runs.assign(sweep="optim", lr=0.1)])
-    kept = figures.at_chosen_lr(runs, inputs.tuning)
-    train = kept[kept["sweep"] == "train"]
-    assert len(train) == len(other) and (train["lr"] == 0.01).all()  # the rate tuning chose
-    assert (kept["sweep"] == "optim").sum() == len(inputs.runs)  # other sweeps untouched
+    train = inputs.runs[inputs.runs["sweep"] == "train"]
+    other = train.assign(lr=0.1, test_accuracy=0.0, run_name=train["run_name"] + "-lr0.1")
+    optim = train.assign(sweep="optim", lr=0.1)
+    chosen = pd.concat([inputs.chosen, other[["sweep", "run_name"]].assign(chosen=False)])
+    kept = figures.at_chosen_lr(pd.concat([train, other, optim]), chosen)
+    drawn = kept[kept["sweep"] == "train"]
+    assert len(drawn) == len(train) and (drawn["lr"] == 0.01).all()  # the rate chosen
+    assert (kept["sweep"] == "optim").sum() == len(train)  # sweeps of one rate untouched

@@ -26,7 +26,15 @@ from .conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-QUICK = {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12}  # conf/sweep/quick/*.yaml
+QUICK = {
+    "init": 64,
+    "train": 32,
+    "optim": 8,
+    "scale": 24,
+    "theory": 12,
+    "regularize": 16,
+    "curriculum": 16,
+}  # conf/sweep/quick/*.yaml
 STAGES = (
     "prepare",
     "sweep_init",
@@ -34,10 +42,13 @@ STAGES = (
     "sweep_optim",
     "sweep_scale",
     "sweep_theory",
+    "sweep_regularize",
+    "sweep_curriculum",
     "collect",
     "analyze",
     "figures",
     "report",
+    "publish",
 )
 
 
@@ -238,6 +249,28 @@ def test_the_pipeline_ends_in_a_paper_with_every_section_claim_and_figure(repo):
     pages = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True)
     assert int(re.search(r"Pages:\s+(\d+)", pages.stdout).group(1)) >= 10
     assert "quick" in text and "Source: stage figures" in text
+
+
+def test_the_study_run_leads_from_mlflow_to_the_report(repo):
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    info = json.loads((repo / "results" / "publish" / "study_run.json").read_text())
+    experiment = client.get_experiment_by_name("quick-study")
+    assert experiment.experiment_id == info["experiment_id"]
+    [study] = client.search_runs([experiment.experiment_id])  # one study run, no duplicates
+    assert study.info.run_id == info["run_id"] and study.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(study.info.run_id)}
+    assert {"main.pdf", "claims.json", "figures"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(study.info.run_id, "figures")}
+    assert "figures/claims_forest.png" in figures
+    verdicts = json.loads((repo / "results" / "analysis" / "claims.json").read_text())
+    assert {k: v for k, v in study.data.tags.items() if k.startswith("study.claim.")} == {
+        f"study.claim.{c}": v["verdict"] for c, v in verdicts.items()
+    }
+    # Its description links every sweep's runs and parent run.
+    note = study.data.tags["mlflow.note.content"]
+    for name in QUICK:
+        sweep = json.loads((repo / "multirun" / "quick" / name / "sweep.json").read_text())
+        assert f"#/experiments/{sweep['experiment_id']}/runs/{sweep['parent_run_id']}" in note
 
 
 def test_a_figure_code_change_reruns_figures_and_report_only(repo):

@@ -21,10 +21,13 @@ from .conftest import CONF, ROOT
 
 # The grid sizes of README "Sweeps" (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
-    "standard": {"init": 13_440, "train": 6_048, "optim": 1_440, "scale": 640, "theory": 336},
-    "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12},
-    "full": {"init": 53_760, "train": 60_480, "optim": 2_160, "scale": 6_400, "theory": 5_760},
-}
+    "standard": {"init": 12_600, "train": 6_048, "optim": 1_440, "scale": 640, "theory": 336,
+                 "regularize": 1_080, "curriculum": 1_920},
+    "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12, "regularize": 16,
+              "curriculum": 16},
+    "full": {"init": 53_760, "train": 60_480, "optim": 2_160, "scale": 6_400, "theory": 5_760,
+             "regularize": 30_000, "curriculum": 33_600},
+}  # fmt: skip
 PRESETS = [(profile, sweep) for profile in CELLS for sweep in SWEEPS]
 
 
@@ -62,8 +65,7 @@ def test_preset_grid_is_valid_and_names_every_cell(profile, sweep):
     assert cfg.hydra.sweep.dir == f"multirun/{profile}/{sweep}"
     raw = OmegaConf.to_container(cfg, resolve=False)
     assert raw["hydra"]["sweep"]["subdir"] == "${run_name}"  # a rerun finds its records
-    expected = sweep if profile == "standard" else f"{profile}-{sweep}"
-    assert cfg.tracking.experiment == expected
+    assert cfg.tracking.experiment == f"{profile}-{sweep}"  # one naming scheme, every profile
     # A cell's name (its folder and MLflow run) must change with every swept key.
     template = raw["run_name"]
     for key in {key for axes in grids for key in axes}:

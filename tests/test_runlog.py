@@ -4,11 +4,13 @@ writes what the client path writes, in one transaction, and reruns trash what th
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -18,8 +20,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from study import mlflow_tables, records, runlog, tracking
-from study.config import LAYER_STATS, TrackingConfig
+from study import mlflow_tables, profile_svg, records, reproduce, runlog, tracking
+from study.config import LAYER_STATS, TrackingConfig, as_dict
+
+from .conftest import compose_config
 
 LAYER_METRICS = ["signal_grad_norm", "weight_grad_norm", "activation_rms"]
 
@@ -65,6 +69,8 @@ def synthetic_cell(
         "cell_key": f"{index:016x}",
         "config": config,
         "code_version": "c3c8a752e4c7",
+        "git_commit": "40de92c0aa65a4cd7bb94d4d1a0e8c2f1d4a8b13-dirty",
+        "started_at": f"2026-12-02T17:12:{index % 60:02d}.250000+00:00",
         "data": {"name": "mnist1d", "sha256": "4f9c" * 16},
         "status": status,
         "error": error,
@@ -130,37 +136,57 @@ def assert_same_runs(client_a: MlflowClient, a: list, client_b: MlflowClient, b:
     assert len(a) == len(b)
     for info_a, info_b in zip(a, b, strict=True):
         ra, rb = client_a.get_run(info_a["run_id"]), client_b.get_run(info_b["run_id"])
-        for field in ("run_name", "status", "lifecycle_stage", "user_id"):
+        for field in ("run_name", "status", "lifecycle_stage", "user_id", "start_time",
+                      "end_time"):  # fmt: skip
             assert getattr(rb.info, field) == getattr(ra.info, field), field
         assert rb.info.start_time <= rb.info.end_time
         assert rb.data.params == ra.data.params
         assert rb.data.tags == ra.data.tags
         assert rb.data.metrics == ra.data.metrics
         assert histories(client_b, rb) == histories(client_a, ra)
+        assert datasets(rb) == datasets(ra) != []
         assert [f.path for f in client_b.list_artifacts(info_b["run_id"])] == [
             f.path for f in client_a.list_artifacts(info_a["run_id"])
         ]
 
 
+def datasets(run) -> list[tuple]:
+    """A run's dataset inputs as the UI's Dataset column reads them."""
+    return sorted(
+        (d.dataset.name, d.dataset.digest, d.dataset.source_type, d.dataset.source,
+         d.dataset.profile, tuple((t.key, t.value) for t in d.tags))
+        for d in run.inputs.dataset_inputs
+    )  # fmt: skip
+
+
 # Each table's rows of a run, less what differs from one logging of it to the next.
 ROW_COLUMNS = {
     "runs": "name, source_type, source_name, entry_point_name, user_id, status, "
-    "source_version, lifecycle_stage, deleted_time",
+    "source_version, lifecycle_stage, deleted_time, start_time, end_time",
     "tags": "key, value",
     "params": "key, value",
     "metrics": "key, value, step, is_nan",
     "latest_metrics": "key, value, step, is_nan",
 }
+# The datasets a run read: the run -> dataset edge, its tags and the dataset's row.
+INPUT_ROWS = (
+    "SELECT i.source_type, i.destination_type, i.step, t.name, t.value, d.name, d.digest, "
+    "d.dataset_source_type, d.dataset_source, d.dataset_schema, d.dataset_profile "
+    "FROM inputs i JOIN input_tags t ON t.input_uuid = i.input_uuid "
+    "JOIN datasets d ON d.dataset_uuid = i.source_id WHERE i.destination_id = ?"
+)
 
 
 def table_rows(db: Path, run_id: str) -> dict[str, list[tuple]]:
     with sqlite3.connect(db) as connection:
-        return {
+        rows = {
             table: sorted(
                 connection.execute(f"SELECT {columns} FROM {table} WHERE run_uuid = ?", (run_id,))
             )
             for table, columns in ROW_COLUMNS.items()
         }
+        rows["inputs"] = sorted(connection.execute(INPUT_ROWS, (run_id,)))
+        return rows
 
 
 def test_bulk_path_logs_the_runs_the_client_path_logs(store, tmp_path):
@@ -184,7 +210,8 @@ def test_bulk_path_logs_the_runs_the_client_path_logs(store, tmp_path):
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED", "FINISHED", "FAILED"]
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
     assert runs[0].data.params["model.depth"] == "16"
-    assert "final/signal_grad_norm" in runs[0].data.metrics
+    assert "final_by_layer/log10_signal_grad_norm" in runs[0].data.metrics
+    assert "final_by_layer/signal_grad_norm" not in runs[0].data.metrics  # its log10 only
     assert "curve/val_loss" in runs[0].data.metrics
     assert "weight_log10_rate_init" not in runs[0].data.metrics  # inf left out, as NaN is
     assert runs[3].data.tags["study.error"] == "IndexError: 99"
@@ -343,3 +370,69 @@ def test_a_forked_worker_opens_its_own_connections_and_leaves_the_parents_open(t
     with engine.connect() as connection:  # the parent's connection is still its own, open
         assert connection.connection.info["pid"] == os.getpid()
         assert connection.exec_driver_sql("select count(*) from experiments").scalar() >= 1
+
+
+# ------------------------------------------------ the command, the picture (study.reproduce,
+# study.profile_svg)
+
+CELLS = [
+    ("+sweep=quick/optim", "optim=adamw", "optim.lr=0.01", "optim.clip_norm=1.0",
+     "model.skip=residual", "seed=4"),
+    ("data=digits", "model.depth=32", "model.activation=sigmoid", "train.steps=0"),
+    ("+sweep=smoke", "model.depth=2", "train.steps=20", "seed=3"),
+    ("model.residual.scale=0.25", "data.input_scale=0.001", "optim.betas=[0.8,0.95]",
+     "train.device=cpu", "probe.schedule=log10", "run_name='it\\'s an odd name'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c[0])
+def test_the_command_composes_back_to_the_cell(cell):
+    config = as_dict(compose_config(*cell))
+    args = reproduce.overrides(config)
+    assert not any(a.startswith("tracking.") for a in args)
+    again = as_dict(compose_config(*args))
+    del config["tracking"], again["tracking"]
+    assert again == config
+    # The shell line splits back into the same overrides.
+    assert shlex.split(reproduce.command(config))[3:] == args
+
+
+def test_the_command_of_the_defaults_is_the_bare_entry_point():
+    assert reproduce.command(as_dict(compose_config())) == "python -m study.train"
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (None, "null"), (True, "true"), (3, "3"), (1e-05, "1e-05"), (0.1, "0.1"),
+    ([0.9, 0.999], "[0.9,0.999]"), ("relu", "relu"), ("data/prepared", "data/prepared"),
+    ("null", "'null'"), ("a b", "'a b'"), ("it's", "'it\\'s'"), ("12", "'12'"),
+])  # fmt: skip
+def test_override_values_are_written_as_hydra_reads_them(value, text):
+    assert reproduce.override_value(value) == text
+
+
+def profile_layers(depth: int, steps=(0, 20)) -> dict:
+    rng = np.random.default_rng(depth)
+    layers = {"step": np.repeat(np.array(steps), depth),
+              "layer": np.tile(np.arange(1, depth + 1), len(steps))}  # fmt: skip
+    for grad in ("signal", "weight"):
+        layers[f"{grad}_grad_norm"] = 10.0 ** -rng.uniform(0, 4, depth * len(steps))
+    return layers
+
+
+@pytest.mark.parametrize("depth", [1, 4, 7, 128])
+def test_the_profile_picture_is_legible_svg_with_integer_layer_ticks(depth):
+    layers = profile_layers(depth)
+    layers["signal_grad_norm"][depth // 2] = 0.0  # an underflowed gradient: a gap, not -inf
+    tree = ElementTree.fromstring(profile_svg.svg(layers, "d-name", [0, 20]))
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in tree.iter(f"{ns}text")]
+    assert "d-name" in texts and "layer (1 = input side)" in texts
+    assert "log10 gradient norm" in texts and "signal, step 20" in texts
+    x_ticks = [int(t.text) for t in tree.iter(f"{ns}text") if t.get("class") == "layer"]
+    assert x_ticks[0] == 1 and 2 <= len(x_ticks) <= 9 or depth == 1
+    assert all(1 <= t <= depth for t in x_ticks)
+    lines = list(tree.iter(f"{ns}polyline"))
+    # Four lines; the zero splits one in two (at depth 1 it was that line's only point).
+    assert len(lines) == {1: 3, 4: 5, 7: 5, 128: 5}[depth]
+    for line in lines:
+        assert "nan" not in line.get("points") and "inf" not in line.get("points")

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from study import loop, nets
 from study.config import Activation, ModelConfig, Norm, OptimConfig, Optimizer, Skip
 from study.optimizers import StackOptimizer
+from study.probes import Probe
 from study.records import Status
-from study.stack import Stack, per_net_loss
+from study.stack import Dropout, Stack, per_net_loss
 
 from .conftest import compose_config
 
@@ -123,7 +124,9 @@ def assert_same(a: loop.Outcome, b: loop.Outcome) -> None:
 @pytest.mark.parametrize(
     "extra",
     [(), ("model.norm=batch", "model.skip=residual"), ("model.activation=tanh", "model.skip=dense"),
-     ("optim=adamw", "model.norm=layer", "model.skip=highway")],
+     ("optim=adamw", "model.norm=layer", "model.skip=highway"),
+     ("model.dropout=0.3", "model.norm=batch", "model.skip=residual", "train.curriculum=linear"),
+     ("model.dropout=0.2", "model.skip=dense", "train.eval_train=true")],
 )  # fmt: skip
 def test_a_net_alone_and_in_its_group_give_bitwise_the_same_record(prepared, extra):
     from study.data import load
@@ -181,3 +184,79 @@ def test_stack_gradients_equal_each_net_alone(norm, skip):
 def _grad(stack: Stack, name: str) -> torch.Tensor:
     grad = stack.params[name].grad
     return grad.transpose(1, 2) if grad.dim() == 3 else grad
+
+
+def test_nets_of_different_dropout_rates_and_curricula_share_a_group_bitwise(prepared):
+    """A group may mix dropout rates (0 included) and curricula: each net still gets exactly
+    what it gets alone (its own masks and batches)."""
+    from study.data import load
+
+    cfgs = [
+        _with_dir(compose_config("data=digits", "model.depth=4", "model.width=16",
+                                 "model.norm=batch", f"model.dropout={rate}",
+                                 f"train.curriculum={order}", f"seed={seed}", "train.steps=30",
+                                 "train.eval_every=10"), prepared)
+        for rate in (0.0, 0.5) for order in ("none", "linear", "anti") for seed in (0, 1)
+    ]  # fmt: skip
+    splits = load(cfgs[0].data)
+    group = run_group(cfgs, splits)
+    for cfg, in_group in zip(cfgs, group, strict=True):
+        assert_same(run_group([cfg], splits)[0], in_group)
+    # ... and what they measure differs: the knobs reach the training.
+    losses = {(c.model.dropout, str(c.train.curriculum), c.seed): o.metrics["train_loss"]
+              for c, o in zip(cfgs, group, strict=True)}  # fmt: skip
+    assert losses[(0.5, "none", 0)] != losses[(0.0, "none", 0)]
+    assert losses[(0.0, "linear", 0)] != losses[(0.0, "none", 0)]
+
+
+def test_dropout_changes_the_training_forward_pass_and_not_the_evaluation_one():
+    cfg = ModelConfig(depth=4, width=32, activation=Activation.relu, norm=Norm.batch,
+                      skip=Skip.residual, dropout=0.5)  # fmt: skip
+    plain = ModelConfig(**{**cfg.__dict__, "dropout": 0.0})
+    stack = Stack([nets.initial_state(10, 5, cfg, seed) for seed in (0, 1)], cfg,
+                  torch.device("cpu"))  # fmt: skip
+    reference = Stack([nets.initial_state(10, 5, plain, seed) for seed in (0, 1)], plain,
+                      torch.device("cpu"))  # fmt: skip
+    x = torch.randn(2, 64, 10)
+    with torch.no_grad():
+        stack.train(False), reference.train(False)  # evaluation: alike with and without
+        assert torch.equal(stack(x), reference(x))
+        masks = Dropout([0.5, 0.5], [0, 1], torch.device("cpu")).masks(64, stack.block_widths)
+        stack.train(True), reference.train(True)  # training: the masks change the output
+        assert torch.equal(stack(x), reference(x))
+        assert not torch.equal(stack(x, masks=masks), reference(x))
+    # The module form agrees: nn.Dropout is active in train() only.
+    [model] = built(cfg, seeds=(0,))
+    [model0] = built(plain, seeds=(0,))
+    model.eval(), model0.eval()
+    assert torch.equal(model(x[0]), model0(x[0]))
+    model.train(), model0.train()
+    assert not torch.equal(model(x[0]), model0(x[0]))
+
+
+def test_dropout_masks_zero_the_rate_and_keep_the_mean():
+    rates = [0.0, 0.1, 0.5]
+    masks = Dropout(rates, [0, 1, 2], torch.device("cpu")).masks(256, [64, 64, 64])
+    m = torch.stack(masks, dim=1)  # (G, blocks, B, W)
+    for g, rate in enumerate(rates):
+        zero = (m[g] == 0).double().mean().item()
+        assert zero == pytest.approx(rate, abs=0.01)
+        assert m[g].double().mean().item() == pytest.approx(1.0, abs=0.02)
+        kept = torch.tensor(1.0) / (1.0 - torch.tensor(rate))  # float32, as the masks
+        assert set(m[g].unique().tolist()) <= {0.0, kept.item()}
+    assert Dropout([0.0, 0.0], [0, 1], torch.device("cpu")).masks(8, [4]) is None
+
+
+def test_a_probe_measures_without_dropout():
+    """Probes run without dropout: a net with dropout measures what the same weights
+    measure with none (the statistics are of the network, not of one mask)."""
+    cfg = ModelConfig(depth=5, width=32, activation=Activation.tanh, dropout=0.5)
+    plain = ModelConfig(**{**cfg.__dict__, "dropout": 0.0})
+    batch = [(torch.randn(1, 64, 10), torch.randint(0, 5, (1, 64)))]
+    stats = [
+        Probe(Stack([nets.initial_state(10, 5, c, 0)], c, torch.device("cpu")), c.activation,
+              batch).measure()
+        for c in (cfg, plain)
+    ]  # fmt: skip
+    for name in stats[0]:
+        np.testing.assert_array_equal(stats[0][name], stats[1][name], err_msg=name)

@@ -179,7 +179,8 @@ def test_a_crashing_cell_is_recorded_as_failed_and_the_sweep_goes_on(workdir, pr
     bad = workdir / "bad"
     bad.mkdir()
     splits = load(DataConfig(name=Dataset.mnist1d, dir=str(prepared)))
-    arrays = {k: getattr(splits, k) for k in ("x_train", "x_val", "x_test", "y_val", "y_test")}
+    arrays = {k: getattr(splits, k) for k in ("x_train", "x_val", "x_test", "y_val", "y_test",
+                                              "difficulty_train")}  # fmt: skip
     write_npz(bad / "mnist1d.npz", {**arrays, "y_train": np.full_like(splits.y_train, -1)})
     shutil.copy(prepared / "manifest.json", bad / "manifest.json")
 

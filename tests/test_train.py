@@ -57,13 +57,15 @@ def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
     assert (params["model.depth"], params["model.activation"], params["model.init"]) == (
         "32", "relu", "kaiming_normal",
     )  # fmt: skip
-    history = client.get_metric_history(run.info.run_id, "init/signal_grad_norm")
+    history = client.get_metric_history(run.info.run_id, "init_by_layer/log10_signal_grad_norm")
     assert sorted(m.step for m in history) == list(range(1, 33))
     by_layer = {m.step: m.value for m in history}
-    np.testing.assert_allclose([by_layer[i] for i in range(1, 33)], layers["signal_grad_norm"])
+    np.testing.assert_allclose(
+        [by_layer[i] for i in range(1, 33)], np.log10(layers["signal_grad_norm"])
+    )
     assert "signal_log10_rate_init" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"layers.parquet", "config.json", "profile.png"} <= artifacts
+    assert {"layers.parquet", "config.json", "profile.svg"} <= artifacts
 
 
 BAD_INPUTS = [
@@ -74,6 +76,9 @@ BAD_INPUTS = [
     (["data.dir=missing/prepared"], "data.name", "python -m study.data"),
     (["model.norm=group"], "model.norm", "none, batch, layer"),
     (["data.input_scale=0"], "data.input_scale", "> 0"),
+    (["model.dropout=1"], "model.dropout", "[0, 1)"),
+    (["model.dropout=-0.1"], "model.dropout", "[0, 1)"),
+    (["train.curriculum=easy"], "train.curriculum", "none, linear, anti, random"),
 ]
 
 
@@ -110,13 +115,18 @@ def test_absurd_learning_rate_diverges_and_is_recorded(workdir):
 
 
 @pytest.mark.slow
-def test_same_config_and_seed_give_identical_layer_statistics(workdir):
-    args = ("model.depth=6", "model.norm=batch", "train.steps=30", "tracking.enabled=false")
+@pytest.mark.parametrize("knobs", [(), ("model.dropout=0.3", "train.curriculum=linear")])
+def test_same_config_and_seed_give_identical_records(workdir, knobs):
+    args = ("model.depth=6", "model.norm=batch", "train.steps=30", "tracking.enabled=false",
+            *knobs)  # fmt: skip
     for _ in range(2):
         assert train(workdir, *args).returncode == 0
     first, second = (pd.read_parquet(d / "layers.parquet") for d in run_dirs(workdir))
     assert len(first) == 6 * len(set(first["step"])) and first["step"].max() == 30
     pd.testing.assert_frame_equal(first, second, check_exact=True)
+    records = [json.loads((d / "run.json").read_text()) for d in run_dirs(workdir)]
+    for part in ("metrics", "curve", "summary", "cell_key"):
+        assert records[0][part] == records[1][part], part
 
 
 def test_a_crash_is_recorded_as_failed_with_its_error(tmp_path, mnist1d):

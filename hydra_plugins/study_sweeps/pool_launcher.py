@@ -30,6 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from study.config import ConfigError
+from study.train import STACKABLE
 
 # _WORKER too: benchmarks/bench_sweep.py drives a worker in-process through this module.
 from ._pool import START_METHODS, Pool
@@ -47,7 +48,7 @@ class GroupingConf:
     # ("module:function") gets them all at once; the study's trains them as one stacked
     # network. Null runs job by job through the Hydra task function.
     group_task: str | None = "study.train:run_group"
-    group_over: list[str] = field(default_factory=lambda: ["seed", "model.init", "optim.lr"])
+    group_over: list[str] = field(default_factory=lambda: [k for k in STACKABLE if k != "run_name"])
     max_group: int = 32
     # ...and at most this many activation elements (depth x width x batch, summed over the
     # group's nets): a bigger stack spills out of the caches and runs slower per net

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from study import mlflow_sweep
 from study import sweep as bookkeeping
 from study.config import Config, ConfigError, validate
 from study.data import require_prepared
@@ -102,6 +103,18 @@ class StudySweeper(BasicSweeper):
                 OmegaConf.update(cfg, key, value, merge=False)
                 check(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
+    def about(self) -> mlflow_sweep.About:
+        """How the sweep was asked for: what its MLflow parent run and experiment show."""
+        assert self.config is not None
+        hydra = self.config.hydra
+        axes = set(self.params or {}) | {k for grid in self.grids for k in grid}
+        return mlflow_sweep.About(
+            command=mlflow_sweep.sweep_command(list(hydra.overrides.task),
+                                               list(hydra.overrides.hydra)),
+            preset=hydra.runtime.choices.get("sweep"),
+            grid=mlflow_sweep.grid_of([job for b in self.overrides for job in b], sorted(axes)),
+        )  # fmt: skip
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         self.overrides = self.jobs(arguments)
@@ -111,7 +124,7 @@ class StudySweeper(BasicSweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         session = bookkeeping.Session.start(  # first: it refuses a sweep already running
-            self.config, sweep_dir, total=sum(len(b) for b in self.overrides)
+            self.config, sweep_dir, total=sum(len(b) for b in self.overrides), about=self.about()
         )
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns = []
