@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from study.comparisons import Compare, DepthTrend, Ends, Level, Spread
 from study.nets import family
-from study.verdicts import Hypothesis, NotTested
+from study.verdicts import Hypothesis
 
 PLAIN = {"norm": ("none",), "skip": ("none",)}
 DEEP = 16  # "deep": the depths at which the articles make their claims
@@ -41,7 +41,7 @@ NO_DROPOUT, DROPOUT = ("0.0",), ("0.1", "0.3")  # the regularize sweep's rates, 
 SUB_EXPONENTIAL = 0.65
 
 # fmt: off
-HYPOTHESES: list[Hypothesis | NotTested] = [
+HYPOTHESES: list[Hypothesis] = [
     Hypothesis("C1", "C1", "Plain nets: the input-side gradient shrinks relative to the output "
                "side, more so the deeper the net", "000, 002",
                "init", "first_last", Ends("depth", smallest_first=True), where=PLAIN,

@@ -237,10 +237,6 @@ def claim_numbers(table: pd.DataFrame) -> dict[str, str]:
         sentences = []
         for part, part_rows in rows.groupby("part", sort=False):
             h = statements[part]
-            if isinstance(h, verdicts.NotTested):
-                sentences.append(f"{escape(part)} is \\emph{{not tested}}: it needs "
-                                 f"{escape(h.needs)}.")  # fmt: skip
-                continue
             said = [f"{escape(part)}: {escape(h.statement)}."]
             for r in part_rows.itertuples():
                 name = macro_name(r.part, _stratum_word(h, r.stratum))

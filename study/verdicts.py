@@ -53,17 +53,6 @@ class Hypothesis:
     min_effect: float = 0.0  # the smallest effect that counts when levels disagree
 
 
-@dataclass(frozen=True)
-class NotTested:
-    """A claim no sweep of this study measures yet, and what it would need."""
-
-    claim: str
-    part: str
-    statement: str
-    source: str
-    needs: str
-
-
 def pooled(h: Hypothesis) -> list[str]:
     """The axes a target stratum averages over: the comparison's units span them, and the
     target fixes none of them to one level. Each must agree with itself (see evaluate)."""
@@ -112,10 +101,8 @@ def _row(h, stratum: str, role: str, test: stats.UnitTest, value: str | None = N
             "pvalue": test.pvalue, "note": ""}  # fmt: skip
 
 
-def evaluate(h: Hypothesis | NotTested, frames: dict[str, pd.DataFrame]) -> list[dict]:
+def evaluate(h: Hypothesis, frames: dict[str, pd.DataFrame]) -> list[dict]:
     """Every row of a hypothesis: its target strata, their levels, the secondary strata."""
-    if isinstance(h, NotTested):
-        return [_not_tested(h)]
     frame = frames[h.frame]
     keys = FRAME_KEYS[h.frame]
     rows = []
@@ -151,12 +138,6 @@ def evaluate(h: Hypothesis | NotTested, frames: dict[str, pd.DataFrame]) -> list
             test = h.compare.test(stratum, keys, h.value, h.null)
             rows.append(_row(h, describe({**rest, **levels}, h.min_depth), "secondary", test))
     return rows
-
-
-def _not_tested(h: NotTested) -> dict:
-    row = _row(Hypothesis(h.claim, h.part, h.statement, h.source, "", "accuracy", Level()),
-               "", "target", stats.t_test([]))  # fmt: skip
-    return {**row, "measurement": "", "unit": "", "note": f"not tested: {h.needs}"}
 
 
 def verdict(row: Any) -> str:
