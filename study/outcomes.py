@@ -285,8 +285,8 @@ def level_gap(
     levels swept), per combination of ``keys``, as column ``name``; NaN-free."""
     if frame.empty or frame[factor].nunique() < 2:
         return pd.DataFrame(columns=[*keys, name, "family"])
-    wide = frame.pivot_table(index=list(keys), columns=factor, values=value, observed=True)
-    gap = wide[wide.columns.max()] - wide[wide.columns.min()]
-    out = gap.rename(name).dropna().reset_index()
+    gains = gain_over(frame, factor, value, name, (*keys, factor))
+    top = gains[factor] == frame[factor].max()
+    out = gains[top].drop(columns=factor).reset_index(drop=True)
     out["family"] = out["activation"].map(_family_of()) if "activation" in out else np.nan
     return out
