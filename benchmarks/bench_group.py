@@ -2,21 +2,26 @@
 
 G nets of one shape (default: 20 nets, depth 32, width 64, batch 64, relu, no norm, no
 skip, SGD with momentum; seeds 0..G-1, alternating two inits), the same steps and
-batches, one CPU thread, three ways:
+batches, one CPU thread, four ways:
 
 - ``plain``: each net alone in a plain PyTorch loop (``nets.build`` + ``torch.optim.SGD``,
   no probes, no evaluation): what a single run costs without the study's engine;
 - ``alone``: each net alone through ``study.loop.run`` (a stack of one) with the sweep's
   probes and evaluations;
+- ``stacked``: the G nets as one stack (``study.stack``, ``study.optimizers``) in a plain
+  loop, no probes, no evaluation: what the stacked arithmetic costs in PyTorch's eager mode;
 - ``group``: the G nets as one stack through ``study.loop.run``, probes and evaluations
   included.
 
 Printed side by side: seconds, per-net block-steps per second (depth x steps x nets /
-seconds) and the ratio to ``plain``. Also printed: the arithmetic ceiling on this
+seconds) and the ratio to ``plain``. Also printed: the arithmetic ceilings on this
 machine, the block-steps/s the group would reach if every step cost only its three
-batched matmuls per block at the rate ``torch.bmm`` reaches on the group's shapes (so the
-gap between ``group`` and the ceiling is the engine's own overhead). The variants
-alternate within each repeat; medians are reported. Timings are printed, never asserted.
+batched matmuls per block at the rate ``torch.bmm`` reaches on the group's shapes, with
+the operands in the core's caches (``ceiling``) and cycling through the net's blocks as a
+real step's do (``ceiling*``); the gap between ``group`` and ``ceiling*`` is the engine's
+own overhead, mostly elementwise passes over activations that no longer fit the caches.
+The variants alternate within each repeat; medians are reported. Timings are printed,
+never asserted.
 
     .venv/bin/python benchmarks/bench_group.py [--nets 20] [--steps 200] [--repeats 3]
 """
@@ -35,10 +40,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import compose_config, in_memory_splits  # noqa: E402
 
-from study import loop, nets  # noqa: E402
+from study import allocator, curriculum, loop, nets  # noqa: E402
 from study.config import Config  # noqa: E402
 from study.data import Splits  # noqa: E402
-from study.stack import Stack  # noqa: E402
+from study.optimizers import StackOptimizer  # noqa: E402
+from study.stack import Stack, per_net_loss  # noqa: E402
 
 DEVICE = torch.device("cpu")
 
@@ -58,7 +64,7 @@ def plain(splits: Splits, cfgs: list[Config]) -> float:
     for cfg, model in zip(cfgs, models, strict=True):
         o = cfg.optim
         optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum)
-        batches = loop.batch_indices(len(x), cfg.train.batch_size,
+        batches = curriculum.epochs(len(x), cfg.train.batch_size,
                                      torch.Generator().manual_seed(cfg.seed))  # fmt: skip
         for _ in range(cfg.train.steps):
             idx = next(batches)
@@ -77,6 +83,26 @@ def alone(splits: Splits, cfgs: list[Config]) -> float:
     return time.perf_counter() - t0
 
 
+def stacked(splits: Splits, cfgs: list[Config]) -> float:
+    """The G nets as one stack in a plain loop: forward, loss, backward, step; nothing else."""
+    x = torch.as_tensor(splits.x_train)
+    y = torch.as_tensor(splits.y_train)
+    stack = Stack.of(built(splits, cfgs), cfgs[0].model)
+    t0 = time.perf_counter()
+    optimizer = StackOptimizer(stack, cfgs[0].optim, [c.optim.lr for c in cfgs])
+    streams = [
+        curriculum.epochs(len(x), c.train.batch_size, torch.Generator().manual_seed(c.seed))
+        for c in cfgs
+    ]
+    for _ in range(cfgs[0].train.steps):
+        idx = torch.stack([next(s) for s in streams])
+        loss = per_net_loss(stack(x[idx]), y[idx])
+        stack.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+    return time.perf_counter() - t0
+
+
 def group(splits: Splits, cfgs: list[Config]) -> float:
     stack = Stack.of(built(splits, cfgs), cfgs[0].model)
     t0 = time.perf_counter()
@@ -87,21 +113,31 @@ def group(splits: Splits, cfgs: list[Config]) -> float:
     return seconds
 
 
-def bmm_ceiling(nets_: int, batch: int, width: int, depth: int, steps: int) -> float:
-    """Block-steps/s per net if a step were its three batched matmuls per block, no more."""
-    x = torch.randn(nets_, batch, width)
-    w = torch.randn(nets_, width, width)
-    g = torch.randn(nets_, batch, width)
-    calls = [lambda: torch.bmm(x, w), lambda: torch.bmm(g, w.transpose(1, 2)),
-             lambda: torch.bmm(x.transpose(1, 2), g)]  # fmt: skip
-    for call in calls:
-        call()
+def bmm_ceiling(nets_: int, batch: int, width: int, layers: int, steps: int) -> float:
+    """Block-steps/s per net if a step were its three batched matmuls per block, no more.
+
+    ``layers`` sets of operands, used in turn: with 1 they stay in the core's caches (the
+    matmul kernel's own rate); with the net's depth each block's operands were last touched
+    a whole pass earlier, as in a real step, where they come from the slower shared cache.
+    """
+    x = [torch.randn(nets_, batch, width) for _ in range(layers)]
+    w = [torch.randn(nets_, width, width) for _ in range(layers)]
+    g = [torch.randn(nets_, batch, width) for _ in range(layers)]
+
+    def block_step(i: int) -> None:
+        torch.bmm(x[i], w[i])
+        torch.bmm(g[i], w[i].transpose(1, 2))
+        torch.bmm(x[i].transpose(1, 2), g[i])
+
+    for i in range(layers):
+        block_step(i)
+    rounds = max(1, steps // layers)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        for call in calls:
-            call()
-    per_block_step = (time.perf_counter() - t0) / steps
-    return nets_ / per_block_step
+    for _ in range(rounds):
+        for i in range(layers):
+            block_step(i)
+    per_block_step = (time.perf_counter() - t0) / (rounds * layers)
+    return 1.0 / per_block_step
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    allocator.keep_freed_memory()  # as every sweep worker does (study.train.execute_group)
 
     def configs(steps: int) -> list[Config]:
         common = [f"model.depth={args.depth}", f"model.width={args.width}", "optim=sgd",
@@ -126,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                 for s in range(args.nets)]  # fmt: skip
 
     splits = in_memory_splits(5000)
-    variants = {"plain": plain, "alone": alone, "group": group}
+    variants = {"plain": plain, "alone": alone, "stacked": stacked, "group": group}
     for run in variants.values():  # first-call costs out of the timings
         run(splits, configs(5)[:2])
     cfgs = configs(args.steps)
@@ -147,10 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, s in median.items():
         rate = work / s / args.nets
         print(f"{name:<10}{s:>10.2f}{rate:>24.0f}{median['plain'] / s:>10.2f}x")
-    ceiling = bmm_ceiling(args.nets, args.batch, args.width, args.depth, 200) / args.nets
-    print(f"{'ceiling':<10}{'':>10}{ceiling:>24.0f}"
-          f"{ceiling / (work / median['plain'] / args.nets):>10.2f}x"
-          "   (three torch.bmm per block-step, nothing else)")  # fmt: skip
+    plain_rate = work / median["plain"] / args.nets
+    ceilings = {
+        "ceiling": (1, "three torch.bmm per block-step, operands in cache"),
+        "ceiling*": (args.depth, f"the same, operands cycling through {args.depth} blocks"),
+    }
+    for name, (layers, what) in ceilings.items():
+        rate = bmm_ceiling(args.nets, args.batch, args.width, layers, 32 * 200)
+        print(f"{name:<10}{'':>10}{rate:>24.0f}{rate / plain_rate:>10.2f}x   ({what})")
 
 
 if __name__ == "__main__":

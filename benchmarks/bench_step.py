@@ -5,7 +5,8 @@ no norm, no skip, SGD with momentum, one CPU thread) for the same number of step
 batches, in one process:
 
 - ``bare``: a plain PyTorch loop over the same net (``nets.build``, ``torch.optim.SGD``,
-  ``loop.batch_indices``): forward, cross_entropy, zero_grad, backward, step. Nothing else.
+  ``curriculum.epochs``: the batches of training without a curriculum): forward,
+  cross_entropy, zero_grad, backward, step. Nothing else.
 - ``instrumented``: ``loop.run`` (a stack of one net) with probes on the default log-spaced
   schedule (0, 1, 2, 5, ..., steps) and evaluation pushed out of the way
   (``train.eval_every = steps``). Its excess over ``bare`` is the cost of the
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from study import loop, nets
+from study import allocator, curriculum, loop, nets
 from study.config import Config, DataConfig, Dataset
 from study.data import Splits, build
 from study.stack import Stack
@@ -79,7 +80,7 @@ def bare(splits: Splits, cfg: Config) -> tuple[float, float]:
         model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = loop.batch_indices(len(x_train), cfg.train.batch_size, gen)
+    batches = curriculum.epochs(len(x_train), cfg.train.batch_size, gen)
     model.train()
     for _ in range(cfg.train.steps):
         idx = next(batches).to(DEVICE)
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
+    allocator.keep_freed_memory()  # as every sweep worker does (study.train.execute_group)
     common = [
         f"model.depth={args.depth}",
         f"model.width={args.width}",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from study.config import LAYER_STATS, Activation, Schedule
+from study.config import LAYER_STATS, Activation, Schedule, Skip
 from study.nets import ACTIVATIONS
 from study.records import SUMMARY_STATS
 from study.stack import Stack, Trace, per_net_loss
@@ -104,18 +104,30 @@ class Probe:
         act_count = torch.zeros(depth, dtype=torch.float64, device=device)
         active: list[torch.Tensor | None] = [None] * depth  # per net and unit: ever positive
         weights = stack.weights()
+        # A dense block's output is its input with its own units appended: its sums are the
+        # previous block's plus those of the new units (linear, not quadratic, in depth).
+        growth = stack.cfg.dense.growth if stack.cfg.skip == Skip.dense else None
         try:
             for x, y in self.batches:
                 trace: list[Trace] = []
                 loss = per_net_loss(stack(x, trace), y)
                 loss.sum().backward()  # nets share no parameter: each gets its own gradient
+                h_sq = h_sum = h_count = 0.0
                 for i, t in enumerate(trace):
-                    signal_sq[i] += t.z.grad.double().square().sum(dim=(1, 2))
-                    weight_sq[i] += weights[i].grad.double().square().sum(dim=(1, 2))
-                    hd = t.h.double()
-                    act_sq[i] += hd.square().sum(dim=(1, 2))
-                    act_sum[i] += hd.sum(dim=(1, 2))
-                    act_count[i] += hd[0].numel()
+                    signal_sq[i] += _squares(t.z.grad)
+                    weight_sq[i] += _squares(weights[i].grad)
+                    if growth is None or i == 0:
+                        h_sq = h_sum = h_count = 0.0
+                        new = t.h
+                    else:
+                        new = t.h[..., -growth:]
+                    hd = new.double()
+                    h_sq = h_sq + _squares(hd)
+                    h_sum = h_sum + hd.sum(dim=(1, 2))
+                    h_count = h_count + hd[0].numel()
+                    act_sq[i] += h_sq
+                    act_sum[i] += h_sum
+                    act_count[i] += h_count
                     if self.spec.family == "relu":
                         alive = (t.u > 0).any(dim=1)
                         active[i] = alive if active[i] is None else active[i] | alive
@@ -154,7 +166,13 @@ class Probe:
 
 def _norms(w: torch.Tensor) -> torch.Tensor:
     """Frobenius norm of each net's matrix, in float64: (G, out, in) -> (G,)."""
-    return w.double().square().sum(dim=(1, 2)).sqrt()
+    return torch.linalg.vector_norm(w, dim=(1, 2), dtype=torch.float64)
+
+
+def _squares(x: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of each net's slice, in float64: (G, ...) -> (G,). The norm kernel
+    squares in float64 as it reads (half the time of a float64 copy squared and summed)."""
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=torch.float64).square()
 
 
 # ------------------------------------------------------------------------- summaries

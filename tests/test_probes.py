@@ -65,13 +65,40 @@ def test_recorded_norms_equal_direct_autograd(skip, norm):
     rtol = 1e-5 if norm is Norm.batch else 1e-6
     np.testing.assert_allclose(stats["signal_grad_norm"], signal, rtol=rtol)
     np.testing.assert_allclose(stats["weight_grad_norm"], weight, rtol=rtol)
-    expected_rms = []
+    # A dense layer's output is the whole concatenation (its statistics are summed block by
+    # block in the probe: this checks the sums against the concatenation itself).
+    outputs = layer_outputs(model, x)
+    expected_rms = [h.pow(2).mean().sqrt().item() for h in outputs]
+    np.testing.assert_allclose(stats["activation_rms"], expected_rms, rtol=1e-6)
+    expected_mean = [h.mean().item() for h in outputs]
+    # A mean near 0 is a difference of float32 numbers of order 1 (the stack's forward and
+    # the module's round differently at ~1e-7): an absolute tolerance at that scale.
+    np.testing.assert_allclose(stats["activation_mean"], expected_mean, rtol=1e-6, atol=1e-6)
+
+
+def layer_outputs(model: nets.MLP, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's output (after the skip; for dense, the concatenation), in float64."""
+    outputs = []
     with torch.no_grad():
         h = model.stem(x)
         for layer in model.layers:
             h = layer(h)
-            expected_rms.append(h.double().pow(2).mean().sqrt().item())
-    np.testing.assert_allclose(stats["activation_rms"], expected_rms, rtol=1e-6)
+            outputs.append(h.double())
+    return outputs
+
+
+def test_dense_activation_statistics_over_several_batches():
+    torch.manual_seed(2)
+    cfg = ModelConfig(depth=4, width=6, activation=Activation.relu, skip=Skip.dense)
+    cfg.dense.growth = 2
+    model = nets.build(5, 3, cfg, 0)
+    batches = [(torch.randn(7, 5), torch.randint(0, 3, (7,))) for _ in range(3)]
+    stats = probe_net(model, cfg, batches)
+    per_batch = [layer_outputs(model, x) for x, _ in batches]
+    for i in range(cfg.depth):
+        both = torch.cat([outputs[i] for outputs in per_batch])
+        assert stats["activation_rms"][i] == pytest.approx(both.pow(2).mean().sqrt().item(), 1e-6)
+        assert stats["activation_mean"][i] == pytest.approx(both.mean().item(), 1e-6, abs=1e-6)
 
 
 def test_probe_leaves_the_stack_as_it_found_it():
