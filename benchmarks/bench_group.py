@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--samples", type=int, default=5000, help="MNIST-1D examples made")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     allocator.keep_freed_memory()  # as every sweep worker does (study.train.execute_group)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         return [compose_config(*common, f"seed={s}", f"model.init={inits[s % 2]}")
                 for s in range(args.nets)]  # fmt: skip
 
-    splits = in_memory_splits(5000)
+    splits = in_memory_splits(args.samples)
     variants = {"plain": plain, "alone": alone, "stacked": stacked, "group": group}
     for run in variants.values():  # first-call costs out of the timings
         run(splits, configs(5)[:2])

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (see above)")
+    parser.add_argument("--samples", type=int, default=5000, help="MNIST-1D examples made")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per variant first")
     args = parser.parse_args(argv)
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} thread"
     )
 
-    splits = in_memory_splits(5000)
+    splits = in_memory_splits(args.samples)
     for name, cfg in configs(args.warmup).items():  # first-call costs out of the timings
         runners[name](splits, cfg)
 
