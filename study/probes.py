@@ -106,21 +106,21 @@ class Probe:
         weights = stack.weights()
         # A dense block's output is its input with its own units appended: its sums are the
         # previous block's plus those of the new units (linear, not quadratic, in depth).
-        growth = stack.cfg.dense.growth if stack.cfg.skip == Skip.dense else None
+        appends = stack.cfg.skip == Skip.dense
+        widths = stack.block_widths
         try:
             for x, y in self.batches:
                 trace: list[Trace] = []
                 loss = per_net_loss(stack(x, trace), y)
                 loss.sum().backward()  # nets share no parameter: each gets its own gradient
-                h_sq = h_sum = h_count = 0.0
                 for i, t in enumerate(trace):
                     signal_sq[i] += _squares(t.z.grad)
                     weight_sq[i] += _squares(weights[i].grad)
-                    if growth is None or i == 0:
+                    if appends and i > 0:
+                        new = t.h[..., -widths[i] :]
+                    else:
                         h_sq = h_sum = h_count = 0.0
                         new = t.h
-                    else:
-                        new = t.h[..., -growth:]
                     hd = new.double()
                     h_sq = h_sq + _squares(hd)
                     h_sum = h_sum + hd.sum(dim=(1, 2))
@@ -164,15 +164,15 @@ class Probe:
         }
 
 
-def _norms(w: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of each net's matrix, in float64: (G, out, in) -> (G,)."""
-    return torch.linalg.vector_norm(w, dim=(1, 2), dtype=torch.float64)
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of each net's slice, in float64: (G, ...) -> (G,). The norm kernel
+    squares in float64 as it reads (half the time of a float64 copy squared and summed)."""
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=torch.float64)
 
 
 def _squares(x: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of each net's slice, in float64: (G, ...) -> (G,). The norm kernel
-    squares in float64 as it reads (half the time of a float64 copy squared and summed)."""
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=torch.float64).square()
+    """Sum of squares of each net's slice, in float64: (G, ...) -> (G,)."""
+    return _norms(x).square()
 
 
 # ------------------------------------------------------------------------- summaries

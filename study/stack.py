@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from study.config import Activation, ModelConfig, Norm, Skip
-from study.nets import ACTIVATIONS, MLP, NORMS, Tensors
+from study.nets import ACTIVATIONS, MLP, NORMS, Tensors, block_width
 
 
 @dataclass
@@ -149,8 +149,7 @@ class Stack:
     @property
     def block_widths(self) -> list[int]:
         """The width of each block's output (what dropout masks)."""
-        out = self.cfg.dense.growth if self.cfg.skip == Skip.dense else self.cfg.width
-        return [out] * self.cfg.depth
+        return [block_width(self.cfg)] * self.cfg.depth
 
     @property
     def size(self) -> int:
