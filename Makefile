@@ -79,8 +79,15 @@ ui: $(STAMP)
 
 # One pytest worker per core; each test file stays on one worker (the pipeline tests share
 # one DVC run of the quick profile). `pytest` alone runs them in one process.
+# Then the numeric tests again under the CPU capabilities a user's machine may pick
+# instead of this one's (PyTorch's vectorized kernels differ by instruction set).
+CPU_CAPABILITIES := default avx2
 test: setup
 	$(PY) -m pytest -n auto --dist loadfile
+	@for cap in $(CPU_CAPABILITIES); do \
+	  echo "numeric tests with ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -n auto --dist loadfile -q -m numeric; \
+	done
 
 test-fast: setup
 	$(PY) -m pytest -n auto --dist loadfile -m "not slow"

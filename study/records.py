@@ -32,8 +32,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules a run's numbers and record come from. The later stages (collect, analyze, ...)
 # and the MLflow mirror are left out: editing them must not invalidate thousands of cells.
 RUN_MODULES = (
-    "config.py", "curriculum.py", "data.py", "loop.py", "nets.py", "optimizers.py",
-    "probes.py", "records.py", "stack.py", "train.py",
+    "__init__.py", "config.py", "curriculum.py", "data.py", "kernels.py", "loop.py", "nets.py",
+    "optimizers.py", "probes.py", "records.py", "stack.py", "train.py",
 )  # fmt: skip
 
 

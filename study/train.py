@@ -33,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from study import allocator, loop, nets, records, runlog, sweep
+from study import allocator, kernels, loop, nets, records, runlog, sweep
 from study import data as datasets
 from study.config import (
     Config,
@@ -109,6 +109,7 @@ def execute_group(
     # net trains 3.4x faster. (Only results within ~1e-31 of zero can differ at all.)
     torch.set_flush_denormal(True)
     allocator.keep_freed_memory()
+    kernels.strict_blas()
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         # CPU kernels are deterministic already (and this call costs seconds of imports).

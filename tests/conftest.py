@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -94,3 +95,13 @@ def swept_project(tmp_path_factory, prepared, name: str, *args: str) -> Path:
     proc = train(workdir, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
+
+
+def pytest_report_header() -> list[str]:
+    """Which kernels the numeric tests ran on: a failure on one CPU is read with this."""
+    from study import kernels
+
+    return [
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"MKL strict mode {kernels.strict_blas()}"
+    ]

@@ -17,6 +17,8 @@ from study.stack import Stack
 
 from .conftest import compose_config
 
+pytestmark = pytest.mark.numeric  # run again under other CPU capabilities: make test
+
 GRID = list(itertools.product(Activation, Init, Norm, Skip))
 
 

@@ -16,6 +16,8 @@ from study.stack import Stack
 
 from .conftest import probe_net
 
+pytestmark = pytest.mark.numeric  # run again under other CPU capabilities: make test
+
 
 def probe_of(cfg: ModelConfig, x, y, seed=0) -> tuple[nets.MLP, dict[str, np.ndarray]]:
     model = nets.build(x.shape[1], int(y.max()) + 1, cfg, seed)

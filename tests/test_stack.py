@@ -17,6 +17,8 @@ from study.stack import Dropout, Stack, per_net_loss
 
 from .conftest import compose_config
 
+pytestmark = pytest.mark.numeric  # run again under other CPU capabilities: make test
+
 
 def built(cfg: ModelConfig, seeds=(0, 1, 2), features=10, classes=5) -> list[nets.MLP]:
     out = []

@@ -15,6 +15,8 @@ from study.probes import profile_summary
 
 from .conftest import probe_net
 
+pytestmark = pytest.mark.numeric  # run again under other CPU capabilities: make test
+
 
 def test_relu_with_he_init_keeps_the_gradient_norm():
     assert meanfield.chi("relu", q=1.7, sigma_w2=2.0) == pytest.approx(1.0, abs=1e-12)

@@ -183,6 +183,7 @@ def group_cells(tmp_path: Path, prepared: Path, *extra: str) -> list[Cell]:
 RUN_SPECIFIC = ("timings", "environment", "started_at", "finished_at", "mlflow", "git_commit")
 
 
+@pytest.mark.numeric
 def test_a_cell_alone_and_in_a_group_of_eight_writes_the_same_record(tmp_path, prepared):
     splits = load(DataConfig(name=Dataset.digits, dir=str(prepared)))
     grouped = group_cells(tmp_path / "group", prepared, "model.skip=residual")
