@@ -75,7 +75,7 @@ example: setup
 # runner, telemetry off; it prints each experiment's runs view. `make ui PORT=5001`.
 PORT ?= 5000
 ui: $(STAMP)
-	$(PY) -m study.ui --port $(PORT)
+	$(PY) -m study.tracking.ui --port $(PORT)
 
 # One pytest worker per core; each test file stays on one worker (the pipeline tests share
 # one DVC run of the quick profile). `pytest` alone runs them in one process.

@@ -6,11 +6,11 @@ batches, one CPU thread, four ways:
 
 - ``plain``: each net alone in a plain PyTorch loop (``nets.build`` + ``torch.optim.SGD``,
   no probes, no evaluation): what a single run costs without the study's engine;
-- ``alone``: each net alone through ``study.loop.run`` (a stack of one) with the sweep's
+- ``alone``: each net alone through ``study.engine.loop.run`` (a stack of one) with the sweep's
   probes and evaluations;
-- ``stacked``: the G nets as one stack (``study.stack``, ``study.optimizers``) in a plain
-  loop, no probes, no evaluation: what the stacked arithmetic costs in PyTorch's eager mode;
-- ``group``: the G nets as one stack through ``study.loop.run``, probes and evaluations
+- ``stacked``: the G nets as one stack (``study.engine.stack``, ``study.engine.optimizers``) in
+  a plain loop, no probes, no evaluation: what the stacked arithmetic costs in PyTorch's eager mode;
+- ``group``: the G nets as one stack through ``study.engine.loop.run``, probes and evaluations
   included.
 
 Printed side by side: seconds, per-net block-steps per second (depth x steps x nets /
@@ -40,11 +40,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import compose_config, in_memory_splits  # noqa: E402
 
-from study import allocator, curriculum, loop, nets  # noqa: E402
 from study.config import Config  # noqa: E402
 from study.data import Splits  # noqa: E402
-from study.optimizers import StackOptimizer  # noqa: E402
-from study.stack import Stack, per_net_loss  # noqa: E402
+from study.engine import allocator, curriculum, loop, nets  # noqa: E402
+from study.engine.optimizers import StackOptimizer  # noqa: E402
+from study.engine.stack import Stack, per_net_loss  # noqa: E402
 
 DEVICE = torch.device("cpu")
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=5000, help="MNIST-1D examples made")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    allocator.keep_freed_memory()  # as every sweep worker does (study.train.execute_group)
+    allocator.keep_freed_memory()  # as every sweep worker does (study.runs.cell.execute_group)
 
     def configs(steps: int) -> list[Config]:
         common = [f"model.depth={args.depth}", f"model.width={args.width}", "optim=sgd",

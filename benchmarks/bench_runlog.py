@@ -1,5 +1,5 @@
-"""What MLflow bookkeeping costs per cell: ``study.runlog.log_cells`` on a group of cells,
-through the client (create_run + log_batch + artifact copies + set_terminated, run by run,
+"""What MLflow bookkeeping costs per cell: ``study.tracking.cell_runs.log_cells`` on a group of
+cells, through the client (create_run + log_batch + artifact copies + set_terminated, run by run,
 each call its own transaction: the tracking-server path) and through the bulk path (the
 group's rows in one transaction of MLflow's own table models: SQLite and PostgreSQL).
 
@@ -29,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.test_runlog
 
-from study import records, runlog, tracking  # noqa: E402
+from study import records  # noqa: E402
 from study.config import LAYER_STATS, TrackingConfig  # noqa: E402
+from study.tracking import cell_runs, mirror  # noqa: E402
 from tests.test_runlog import LAYER_METRICS, synthetic_cell  # noqa: E402
 
 PATHS = ("client", "bulk")
@@ -44,7 +45,7 @@ def group(root: Path, cells: int, depth: int, points: int) -> list:
 def timed_log(cfg: TrackingConfig, cells: list) -> float:
     """Seconds per cell; each record then written with its run, as train.py does."""
     t0 = time.perf_counter()
-    logged = runlog.log_cells(cfg, cells, None)
+    logged = cell_runs.log_cells(cfg, cells, None)
     spent = (time.perf_counter() - t0) / len(cells)
     for (record, _, out_dir), info in zip(cells, logged, strict=True):
         records.write_json(out_dir / records.RUN_FILE, {**record, "mlflow": info})
@@ -77,9 +78,9 @@ def run(work: Path, args: argparse.Namespace) -> None:
                              layer_metrics=stats)
         for path in PATHS
     }  # fmt: skip
-    tracking.tracker(uri, "client").sql_store = None  # log as to a tracking server
+    mirror.tracker(uri, "client").sql_store = None  # log as to a tracking server
     [(record, layers, out_dir)] = group(work / "probe", 1, args.depth, args.points)
-    spec = runlog.run_spec(configs["bulk"], record, layers, out_dir, None, [])
+    spec = cell_runs.run_spec(configs["bulk"], record, layers, out_dir, None, [])
     print(
         f"{args.cells} cells a group, depth {args.depth}, {args.points} probe point(s); a run: "
         f"{len(spec.metrics)} metric values, {len(spec.params)} params, {len(spec.tags) + 1} "

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from study import allocator, curriculum, loop, nets
 from study.config import Config, DataConfig, Dataset
 from study.data import Splits, build
-from study.stack import Stack
+from study.engine import allocator, curriculum, loop, nets
+from study.engine.stack import Stack
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 DEVICE = torch.device("cpu")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    allocator.keep_freed_memory()  # as every sweep worker does (study.train.execute_group)
+    allocator.keep_freed_memory()  # as every sweep worker does (study.runs.cell.execute_group)
     common = [
         f"model.depth={args.depth}",
         f"model.width={args.width}",

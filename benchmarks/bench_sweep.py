@@ -16,7 +16,7 @@ Two measurements, printed as tables; timings are printed, never asserted.
    the **compute alone** for the same cells: their initial states, the stack and
    ``loop.run``, which is what ``execute_group`` computes. The fixed cost is worker path -
    compute, per cell (target at most 5 ms in groups, median); it is broken down by timing
-   ``study.runlog.log_cells`` (MLflow) and ``records.write_json`` + ``write_parquet``
+   ``study.tracking.cell_runs.log_cells`` (MLflow) and ``records.write_json`` + ``write_parquet``
    (records) inside the jobs; the rest is "Hydra + task glue".
 
 2. **Sweep throughput, 2 workers vs 1** (``--part throughput``). The real CLI,
@@ -70,14 +70,15 @@ from hydra.core.utils import JobStatus, setup_globals
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf
 
-import study.runlog
+import study.tracking.cell_runs
 import study.train
 from hydra_plugins.study_sweeps import pool_launcher
 from hydra_plugins.study_sweeps.compose import JobSpec, Planner, task_view
-from study import loop, records
+from study import records
 from study.config import Config, DataConfig, Dataset
 from study.data import prepare
-from study.sweep import Session
+from study.engine import loop
+from study.runs.sweep import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -123,10 +124,10 @@ def timed(fn: Callable, spent: dict[str, float], bucket: str) -> Callable:
 def compute_alone(cfgs: list[Config]) -> float:
     """Seconds of what ``execute_group`` computes for the cells: their initial states, the
     stack, ``loop.run``."""
-    splits = study.train.load_data(cfgs[0].data)  # cached per process, as in a job
+    splits = study.data.load_cached(cfgs[0].data)  # cached per process, as in a job
     t0 = time.perf_counter()
-    cells = [study.train.Cell(cfg, {}, "", Path(".")) for cfg in cfgs]
-    stack = study.train.build_stack(cells, splits, CPU)
+    cells = [study.runs.cell.Cell(cfg, {}, "", Path(".")) for cfg in cfgs]
+    stack = study.runs.cell.build_stack(cells, splits, CPU)
     outcomes = loop.run(stack, splits, cfgs, CPU)
     seconds = time.perf_counter() - t0
     if any(o.status != "finished" for o in outcomes):
@@ -140,7 +141,7 @@ def run_jobs(jobs: list[JobSpec], session: Session) -> float:
     if len(jobs) == 1:
         rets = [pool_launcher._run(jobs[0])]
     else:
-        rets = pool_launcher._run_group(jobs, "study.train:run_group")
+        rets = pool_launcher._run_group(jobs, "study.runs.jobs:run_group")
     seconds = time.perf_counter() - t0
     for job, ret in zip(jobs, rets, strict=True):
         cell = pool_launcher.outcome(ret)
@@ -208,13 +209,13 @@ def fixed_cost(n_jobs: int, group: int) -> None:
     sweep_dir = Path(str(master.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     spent: dict[str, float] = defaultdict(float)
-    originals = (study.runlog.log_cells, records.write_json, records.write_parquet)
+    originals = (study.tracking.cell_runs.log_cells, records.write_json, records.write_parquet)
     rows: dict[str, dict[str, list[float]]] = {}
     # Jobs log to the console (Hydra's job logging); keep that out of the table.
     with open("jobs.log", "w") as log, contextlib.redirect_stdout(log):
         session = Session.start(master, sweep_dir, total=sum(
             len(c) for chunks in plan.values() for c in chunks))  # fmt: skip
-        study.runlog.log_cells = timed(originals[0], spent, "mlflow")
+        study.tracking.cell_runs.log_cells = timed(originals[0], spent, "mlflow")
         records.write_json = timed(originals[1], spent, "records")
         records.write_parquet = timed(originals[2], spent, "records")
         try:
@@ -236,7 +237,9 @@ def fixed_cost(n_jobs: int, group: int) -> None:
                             (seconds - compute - spent["mlflow"] - spent["records"]) / n
                         )
         finally:
-            study.runlog.log_cells, records.write_json, records.write_parquet = originals
+            study.tracking.cell_runs.log_cells, records.write_json, records.write_parquet = (
+                originals
+            )
             session.finish()
             root = logging.getLogger()
             for handler in list(root.handlers):  # they write to jobs.log, about to close
@@ -253,7 +256,7 @@ def fixed_cost(n_jobs: int, group: int) -> None:
         "job": "worker path: _run(job) / _run_group",
         "compute": "compute alone: init + stack + loop.run",
         "fixed": "fixed cost = worker path - compute",
-        "mlflow": "  MLflow: runlog.log_cells",
+        "mlflow": "  MLflow: cell_runs.log_cells",
         "records": "  records: write_json + write_parquet",
         "glue": "  Hydra + task glue: the rest",
     }

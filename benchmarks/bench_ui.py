@@ -3,12 +3,13 @@
 1. **Fill** a fresh SQLite store with one sweep experiment: a parent run and ``--cells``
    children under it (default 13,440, the standard ``init`` grid: 8 activations x 7 inits x
    3 norms x 4 skips x depths 4, 16, 64, 128 x 5 seeds), through the study's real logging
-   path (``study.mlflow_sweep`` for the experiment and parent, ``study.runlog.log_cells``
-   in groups of 21, one transaction each), from records shaped as the init sweep's are
+   path (``study.tracking.experiment`` for the experiment and parent,
+   ``study.tracking.cell_runs.log_cells`` in groups of 21, one transaction each), from records
+   shaped as the init sweep's are
    (one probe at initialization, the per-layer statistics a probe-only cell has: no
    update ratio, dead units only for the ReLU family, saturation only for sigmoid and
    tanh, gradients falling off toward the input).
-2. **Serve** it with ``python -m study.ui`` (what ``make ui`` runs) and time its start.
+2. **Serve** it with ``python -m study.tracking.ui`` (what ``make ui`` runs) and time its start.
 3. **Browse** it with Playwright driving Debian's chromium: the runs view until its rows
    show, the parent's children after clicking its expander, the saved view "cells", a
    child's run page and the parent's run page. Each timing is from navigation (or the
@@ -38,8 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.test_runlog
 
-from study import mlflow_sweep, records, runlog, tracking  # noqa: E402
+from study import records  # noqa: E402
 from study.config import LAYER_STATS, TrackingConfig  # noqa: E402
+from study.tracking import cell_runs, experiment, mirror  # noqa: E402
 from tests.test_runlog import synthetic_cell  # noqa: E402
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "gelu", "selu")
@@ -83,13 +85,13 @@ def cell(out_dir: Path, index: int, values: dict[str, str]) -> tuple:
 def fill(work: Path, n: int) -> tuple[str, str, float]:
     """(experiment id, parent run id, seconds per cell logged)."""
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    tracker = tracking.Tracker(uri, "standard-init")
-    about = mlflow_sweep.About(
+    tracker = mirror.Tracker(uri, "standard-init")
+    about = experiment.About(
         command="python -m study.train -m +sweep=standard/init", preset="standard/init",
         grid={k: list(v) for k, v in GRID.items()},
     )  # fmt: skip
-    parent = mlflow_sweep.open_parent(tracker, None, about, "init", work / "multirun", n)
-    mlflow_sweep.prepare_experiment(tracker, about, "init", parent)
+    parent = experiment.open_parent(tracker, None, about, "init", work / "multirun", n)
+    experiment.prepare_experiment(tracker, about, "init", parent)
     cfg = TrackingConfig(uri=uri, experiment="standard-init", layer_metrics=list(LAYER_STATS))
     combos = itertools.islice(itertools.cycle(itertools.product(*GRID.values())), n)
     group, logging_s = [], 0.0
@@ -97,7 +99,7 @@ def fill(work: Path, n: int) -> tuple[str, str, float]:
         group.append(cell(work / "cells" / f"c{index}", index, dict(zip(GRID, combo, strict=True))))
         if len(group) == 21 or index == n - 1:
             t0 = time.perf_counter()
-            runlog.log_cells(cfg, group, parent)
+            cell_runs.log_cells(cfg, group, parent)
             logging_s += time.perf_counter() - t0
             group = []
         if (index + 1) % 2000 == 0:
@@ -109,13 +111,13 @@ def fill(work: Path, n: int) -> tuple[str, str, float]:
 def serve(work: Path, port: int) -> tuple[subprocess.Popen, float]:
     t0 = time.monotonic()
     server = subprocess.Popen(
-        [sys.executable, "-m", "study.ui", "--port", str(port)], cwd=work,
+        [sys.executable, "-m", "study.tracking.ui", "--port", str(port)], cwd=work,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     for line in server.stdout:
         if line.startswith("MLflow UI on"):
             return server, time.monotonic() - t0
-    raise SystemExit("study.ui did not start")
+    raise SystemExit("study.tracking.ui did not start")
 
 
 def browse(base: str, experiment_id: str, runs: dict[str, str]) -> dict[str, float]:
@@ -150,7 +152,7 @@ def browse(base: str, experiment_id: str, runs: dict[str, str]) -> dict[str, flo
         out["rows in the table after expanding"] = float(shown)
         t0 = time.monotonic()
         page.goto("about:blank")
-        page.goto(f"{view}&viewStateShareKey={mlflow_sweep.VIEW_ID}")
+        page.goto(f"{view}&viewStateShareKey={experiment.VIEW_ID}")
         page.get_by_text("You're viewing a shared view").wait_for()
         page.locator(rows).first.wait_for()
         out["saved view 'cells': first rows shown"] = time.monotonic() - t0
@@ -182,13 +184,13 @@ def main() -> None:
         )
         print(f"filled {args.cells} cells in {time.monotonic() - t0:.0f} s (MLflow logging "
               f"{1000 * per_cell:.1f} ms a cell); mlflow.db {size / 2**20:.0f} MiB")  # fmt: skip
-        client = tracking.tracker(f"sqlite:///{work / 'mlflow.db'}", "standard-init").client
+        client = mirror.tracker(f"sqlite:///{work / 'mlflow.db'}", "standard-init").client
         [child] = client.search_runs([experiment_id], "tags.`study.status` = 'finished'",
                                      max_results=1)  # fmt: skip
         runs = {child.info.run_name: child.info.run_id, "sweep init": parent}
         server, started = serve(work, args.port)
         try:
-            print(f"study.ui answered in {started:.1f} s")
+            print(f"study.tracking.ui answered in {started:.1f} s")
             base = f"http://127.0.0.1:{args.port}"
             for name, value in browse(base, experiment_id, runs).items():
                 unit = "" if name.startswith("rows") else " s"

@@ -34,8 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import compose_config  # noqa: E402
 
-from study import loop, train  # noqa: E402
+from study import train  # noqa: E402
 from study.config import Config  # noqa: E402
+from study.engine import loop  # noqa: E402
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu")
 INITS = ("xavier_normal", "kaiming_normal")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+# The project's Hydra configs (conf/config.yaml composes onto ``Config``).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class Dataset(enum.StrEnum):
@@ -64,7 +68,7 @@ class Optimizer(enum.StrEnum):
 
 
 class Schedule(enum.StrEnum):
-    """When to probe during training (study.probes.SCHEDULES has the steps)."""
+    """When to probe during training (study.engine.probes.SCHEDULES has the steps)."""
 
     log125 = "log125"  # after 0, 1, 2, 5, 10, 20, 50, ... updates
     log10 = "log10"  # after 0, 1, 10, 100, ... updates
@@ -72,7 +76,7 @@ class Schedule(enum.StrEnum):
 
 
 class Curriculum(enum.StrEnum):
-    """The order of training examples (study.curriculum.SCHEDULES has each one's pacing)."""
+    """The order of training examples (study.engine.curriculum.SCHEDULES has each one's pacing)."""
 
     none = "none"  # every example from the first step, reshuffled each epoch
     linear = "linear"  # the easiest first; the pool grows linearly to every example
@@ -86,7 +90,7 @@ class Device(enum.StrEnum):
     cuda = "cuda"
 
 
-# The per-layer statistics a probe records (study.probes; the README defines each).
+# The per-layer statistics a probe records (study.engine.probes; the README defines each).
 LAYER_STATS = (
     "weight_grad_norm",
     "signal_grad_norm",
@@ -198,6 +202,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     run_name: str = MISSING
+    # Refuse a run whose estimated memory exceeds what the machine has available
+    # (study.engine.memory); false: try anyway. Not part of the cell (records.cell_key).
+    memory_check: bool = True
 
 
 class ConfigError(ValueError):
@@ -213,11 +220,38 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+# Sizes beyond these are typos, not experiments (a depth-100,000 net of width 1 is still
+# refused here; the memory estimate guards what lies within).
+MAX_DEPTH = 100_000
+MAX_WIDTH = 1_000_000
+MAX_SEED = 2**32 - 1  # each net's streams are seeded with seed + offsets < 2**63
+
+
+def _floats(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float of a config, with its dotted key."""
+    if dataclasses.is_dataclass(node):
+        return [
+            pair
+            for f in dataclasses.fields(node)
+            for pair in _floats(getattr(node, f.name), f"{prefix}{f.name}.")
+        ]
+    if isinstance(node, list | tuple):
+        return [pair for i, v in enumerate(node) for pair in _floats(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), node)] if isinstance(node, float) else []
+
+
 def validate(cfg: Config) -> None:
     """Check what the schema's types cannot: ranges and cross-field rules."""
     m, o, t, p, d = cfg.model, cfg.optim, cfg.train, cfg.probe, cfg.data
-    _require(m.depth >= 1, "model.depth", f"must be a positive integer, got {m.depth}")
-    _require(m.width >= 1, "model.width", f"must be a positive integer, got {m.width}")
+    for key, value in _floats(cfg):
+        _require(math.isfinite(value), key, f"must be a finite number, got {value}")
+    _require(
+        1 <= m.depth <= MAX_DEPTH, "model.depth", f"must be in [1, {MAX_DEPTH:,}], got {m.depth}"
+    )
+    _require(
+        1 <= m.width <= MAX_WIDTH, "model.width", f"must be in [1, {MAX_WIDTH:,}], got {m.width}"
+    )
+    _require(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}], got {cfg.seed}")
     _require(m.dense.growth >= 1, "model.dense.growth", f"must be >= 1, got {m.dense.growth}")
     _require(m.residual.scale > 0, "model.residual.scale", f"must be > 0, got {m.residual.scale}")
     _require(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")

@@ -21,9 +21,16 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from study import records
-from study.config import Config, ConfigError, DataConfig, Dataset, prepared_path, validate
+from study.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    DataConfig,
+    Dataset,
+    prepared_path,
+    validate,
+)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "data"
 KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "difficulty_train")
 MANIFEST = "manifest.json"
 # Zip entries carry a timestamp; a fixed one keeps the file a function of the data alone.
@@ -43,8 +50,13 @@ class Splits:
     num_classes: int
     sha256: str
 
+    @property
+    def largest_split(self) -> int:
+        """Examples in the largest split: what an evaluation holds at once."""
+        return max(len(self.x_train), len(self.x_val), len(self.x_test))
 
-def data_config(name: str | Dataset, conf_dir: Path = CONF_DIR) -> DataConfig:
+
+def data_config(name: str | Dataset, conf_dir: Path = CONF_DIR / "data") -> DataConfig:
     """``conf/data/<name>.yaml`` merged onto the schema, so unknown keys are rejected."""
     node = OmegaConf.merge(
         OmegaConf.structured(DataConfig), OmegaConf.load(conf_dir / f"{name}.yaml")
@@ -101,7 +113,7 @@ BUILDERS: dict[Dataset, Callable[[DataConfig], dict[str, np.ndarray]]] = {
 }
 
 
-# Curricula (study.curriculum) order the training split by a difficulty score fixed before
+# Curricula (study.engine.curriculum) order the training split by a difficulty score fixed before
 # any net trains: minus the margin of a multinomial logistic regression that did not see the
 # example (cross-fitted over this many folds of the training split), where the margin is the
 # probability of the true class minus the largest other class probability. -1: confidently
@@ -218,6 +230,22 @@ def load(cfg: DataConfig) -> Splits:
         num_classes=int(labels.max()) + 1,
         sha256=sha256_file(path),
     )
+
+
+_CACHE: dict[tuple, Splits] = {}
+
+
+def load_cached(cfg: DataConfig) -> Splits:
+    """:func:`load`, kept per process: a sweep worker reads each file once (a file
+    rewritten since is read again)."""
+    path = prepared_path(cfg)
+    stat = path.stat() if path.exists() else None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is None or key not in _CACHE:
+        splits = load(cfg)  # raises the one-line ConfigError when missing
+        _CACHE.clear()
+        _CACHE[key] = splits
+    return _CACHE[key]
 
 
 def main(argv: list[str] | None = None) -> None:

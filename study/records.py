@@ -21,20 +21,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 LAYERS_FILE = "layers.parquet"
+# Where MLflow mirrors a run, beside its record (study.tracking.cell_runs writes it once the
+# run is logged): the run's id, experiment and store, and which record it mirrors. A record
+# without one (or with one of another record) is not mirrored yet; run.json never changes.
+MIRROR_FILE = "mlflow.json"
+# A sweep's record, in its folder (study.runs.sweep writes it): its MLflow parent run and,
+# once it ends, its cells (folder, cell key, status): the grid as run.
+SWEEP_FILE = "sweep.json"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The modules a run's numbers and record come from. The later stages (collect, analyze, ...)
-# and the MLflow mirror are left out: editing them must not invalidate thousands of cells.
-RUN_MODULES = (
-    "__init__.py", "config.py", "curriculum.py", "data.py", "kernels.py", "loop.py", "nets.py",
-    "optimizers.py", "probes.py", "records.py", "stack.py", "train.py",
-)  # fmt: skip
+# The module that computes and records a cell. It and everything it imports are the code a
+# cell's numbers come from (study.imports finds them); MLflow, the sweeps' bookkeeping and
+# the later stages are not among them: editing those must not make thousands of cells new.
+CELL_MODULE = "study.runs.cell"
+
+
+def run_modules() -> list[Path]:
+    """The files a cell's numbers come from: :data:`CELL_MODULE` and what it imports."""
+    from study import imports
+
+    return imports.closure([CELL_MODULE])
 
 
 class Status(enum.StrEnum):
@@ -47,7 +60,15 @@ class Status(enum.StrEnum):
 
 RESULT_STATUSES = (Status.finished, Status.diverged)  # a run that measured something
 
-# Each run's profile summaries (``study.probes.profile_summary``) of both gradients at two
+
+def is_done(record: dict[str, Any] | None, cell_key: str) -> bool:
+    """A cell needs no rerun if its record has this key and a result (diverging is one)."""
+    return bool(
+        record and record.get("cell_key") == cell_key and record["status"] in RESULT_STATUSES
+    )
+
+
+# Each run's profile summaries (``study.engine.probes.profile_summary``) of both gradients at two
 # points: the column ``{gradient}_{stat}_{when}`` of run.json's summary and runs.parquet.
 SUMMARY_STATS = ("log10_first_last", "first_last_censored", "log10_rate", "n_zero")
 GRADIENTS = ("signal", "weight")
@@ -132,6 +153,26 @@ def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
     )
 
 
+def read_mirror(run_dir: Path) -> dict[str, Any] | None:
+    """Where the run in ``run_dir`` is mirrored (``MIRROR_FILE``), or None."""
+    try:
+        return json.loads((Path(run_dir) / MIRROR_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's ``sweep.json`` (empty if the sweep never started)."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` (without its index) as parquet at ``path``, atomically; same data, same bytes."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """The run's record, or None if it has none (never written, or killed before the end).
 
@@ -147,16 +188,16 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
 
 @functools.cache
 def code_version() -> str:
-    """sha256 (12 hex) of :data:`RUN_MODULES`: the code a run's numbers were computed with.
+    """sha256 (12 hex) of :func:`run_modules`: the code a run's numbers were computed with.
 
     Unlike a git commit it also covers uncommitted edits, and it is the same on any
     checkout of the same code, so a cell's key survives clones and rebases.
     """
     digest = hashlib.sha256()
-    for name in RUN_MODULES:
-        digest.update(name.encode())
+    for path in run_modules():
+        digest.update(path.relative_to(PACKAGE_DIR.parent).as_posix().encode())
         digest.update(b"\0")
-        digest.update((PACKAGE_DIR / name).read_bytes())
+        digest.update(path.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()[:12]
 
@@ -181,9 +222,13 @@ def git_commit() -> str | None:
         return None
 
 
+# Config keys that say where and how a cell runs, not what it computes.
+NOT_THE_CELL = ("tracking", "run_name", "memory_check")
+
+
 def cell_key(config: dict[str, Any], data_sha256: str) -> str:
     """Stable identity of a run: its resolved config (without where it is logged), the
     checksum of the data it reads and the code version. Any change to one is a new cell."""
-    relevant = {k: v for k, v in config.items() if k not in ("tracking", "run_name")}
+    relevant = {k: v for k, v in config.items() if k not in NOT_THE_CELL}
     blob = json.dumps(json_safe(relevant), sort_keys=True) + data_sha256 + code_version()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

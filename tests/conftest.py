@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from study.config import Config, DataConfig, Dataset
 from study.data import load, prepare
-from study.probes import Probe
-from study.stack import Stack
+from study.engine.probes import Probe
+from study.engine.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -99,7 +99,7 @@ def swept_project(tmp_path_factory, prepared, name: str, *args: str) -> Path:
 
 def pytest_report_header() -> list[str]:
     """Which kernels the numeric tests ran on: a failure on one CPU is read with this."""
-    from study import kernels
+    from study.engine import kernels
 
     return [
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analyze, outcomes
+from study.analysis import analyze, outcomes
 
 
 def train_runs(accuracy: dict[int, list[float | None]]) -> pd.DataFrame:

@@ -1,6 +1,6 @@
-"""Known answers for every hypothesis of study.claims: synthetic tables of the study's shape
-whose effect is known, including strata that reverse, levels that disagree, divergence,
-the size of the cell-level test under the null and the coverage of its intervals."""
+"""Known answers for every hypothesis of study.analysis.claims: synthetic tables of the
+study's shape whose effect is known, including strata that reverse, levels that disagree,
+divergence, the size of the cell-level test under the null and the coverage of its intervals."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from study import claims, nets, outcomes, stats, verdicts
-from study.comparisons import DepthTrend, Ends, Level, Spread
-from study.verdicts import Hypothesis
+from study.analysis import claims, outcomes, stats, verdicts
+from study.analysis.comparisons import DepthTrend, Ends, Level, Spread
+from study.analysis.verdicts import Hypothesis
+from study.engine import nets
 
 LEVELS = {
     "activation": ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "gelu", "selu"),

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hydra_plugins.study_sweeps.compose import GroupConfigs, Planner, task_view
 from hydra_plugins.study_sweeps.pool_launcher import job_config, worker_templates
 from study.config import Config, as_dict, from_dict
-from study.sweep import SWEEPS as SWEEP_NAMES
+from study.profiles import SWEEPS as SWEEP_NAMES
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SWEEPS = CONF / "sweep"

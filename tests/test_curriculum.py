@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from study import curriculum
 from study.config import Curriculum, DataConfig, Dataset
-from study.curriculum import SCHEDULES, batches, pool_size, ranking
 from study.data import difficulty, load
+from study.engine import curriculum
+from study.engine.curriculum import SCHEDULES, batches, pool_size, ranking
 
 N, B, STEPS = 500, 20, 100
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import figures, style
-from study import figures_analysis as fa
+from study.analysis.verdicts import VERDICTS
 from study.config import Activation, Curriculum, Init, Norm, Skip
-from study.verdicts import VERDICTS
+from study.report import figures, style
+from study.report import figures_analysis as fa
 
 ENUMS = {"activation": Activation, "init": Init, "norm": Norm, "skip": Skip,
          "curriculum": Curriculum, "verdict": VERDICTS}  # fmt: skip

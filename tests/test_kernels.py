@@ -1,4 +1,4 @@
-"""Matrix products that do not depend on memory alignment (study.kernels): what makes a
+"""Matrix products that do not depend on memory alignment (study.engine.kernels): what makes a
 net's numbers the same alone and in any group."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from study import kernels
+from study.engine import kernels
 
 from .conftest import subprocess_env
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.numeric
 
 STRICT_MODE = """
 import ctypes, study, torch
-from study import kernels
+from study.engine import kernels
 get, _ = kernels._mkl()
 print(bool(get(kernels.CBWR_ALL) & kernels.CBWR_STRICT))
 """
@@ -25,7 +25,7 @@ print(bool(get(kernels.CBWR_ALL) & kernels.CBWR_STRICT))
 MKL_FIRST = """
 import torch
 torch.bmm(torch.randn(2, 64, 64), torch.randn(2, 64, 64))  # MKL's first call
-from study import kernels
+from study.engine import kernels
 print(kernels.strict_blas())
 """
 

@@ -20,7 +20,8 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from study import records, runlog
+from study import records
+from study.tracking import cell_runs
 
 from .conftest import subprocess_env, swept_project, train
 from .test_sweeps import SMOKE_CELLS, record_dirs
@@ -44,7 +45,9 @@ def client(workdir: Path) -> MlflowClient:
 
 
 def cell_records(workdir: Path) -> list[dict]:
-    return [records.read_run(d) | {"dir": d} for d in record_dirs(workdir / "multirun/smoke")]
+    """Each cell's record, with its folder and where MLflow mirrors it (mlflow.json)."""
+    return [records.read_run(d) | {"dir": d, "mlflow": records.read_mirror(d)}
+            for d in record_dirs(workdir / "multirun/smoke")]  # fmt: skip
 
 
 def test_each_run_is_its_record(swept):
@@ -152,23 +155,23 @@ def test_a_changed_grid_gets_a_new_parent_and_keeps_the_cells_under_it(swept):
 
 def test_a_cell_logged_by_an_older_mirror_is_logged_again_from_its_record(swept):
     [record, *_] = cell_records(swept)
-    out_dir = record.pop("dir")
-    old_run = record["mlflow"]["run_id"]
-    stale = {**record, "mlflow": {**record["mlflow"], "mirror": runlog.MIRROR_VERSION - 1}}
-    records.write_json(out_dir / "run.json", stale)
+    out_dir, mirrored = record.pop("dir"), record.pop("mlflow")
+    old_run = mirrored["run_id"]
+    records.write_json(
+        out_dir / "mlflow.json", {**mirrored, "mirror": cell_runs.MIRROR_VERSION - 1}
+    )
+    before = (out_dir / "run.json").stat().st_mtime_ns
     proc = train(swept, "-m", "+sweep=smoke", "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 finished, 0 diverged, 0 failed, 32 skipped" in proc.stdout
-    again = records.read_run(out_dir)
-    assert again["mlflow"]["mirror"] == runlog.MIRROR_VERSION
-    assert again["mlflow"]["run_id"] != old_run
-    assert {k: v for k, v in again.items() if k != "mlflow"} == {
-        k: v for k, v in record.items() if k != "mlflow"
-    }
+    again = records.read_mirror(out_dir)
+    assert again["mirror"] == cell_runs.MIRROR_VERSION
+    assert again["run_id"] != old_run
+    assert (out_dir / "run.json").stat().st_mtime_ns == before  # the record is never rewritten
     mlflow = client(swept)
     assert mlflow.get_run(old_run).info.lifecycle_stage == "deleted"
     sweep = json.loads((swept / "multirun/smoke/sweep.json").read_text())
-    new_run = mlflow.get_run(again["mlflow"]["run_id"])
+    new_run = mlflow.get_run(again["run_id"])
     assert new_run.data.tags["mlflow.parentRunId"] == sweep["parent_run_id"]
     parent = mlflow.get_run(sweep["parent_run_id"])
     assert parent.data.metrics["cells_relogged"] == 1

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from study import loop, nets
 from study.config import Activation, Config, Init, ModelConfig, Norm, Skip
-from study.probes import STATS
-from study.stack import Stack
+from study.engine import loop, nets
+from study.engine.probes import STATS
+from study.engine.stack import Stack
 
 from .conftest import compose_config
 

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import collect, records
-from study.verdicts import VERDICTS
+from study import records
+from study.analysis import collect
+from study.analysis.verdicts import VERDICTS
 
 from .conftest import ROOT, subprocess_env
 
@@ -37,13 +38,13 @@ QUICK = {
 }  # conf/sweep/quick/*.yaml
 STAGES = (
     "prepare",
-    "sweep_init",
-    "sweep_train",
-    "sweep_optim",
-    "sweep_scale",
-    "sweep_theory",
-    "sweep_regularize",
-    "sweep_curriculum",
+    "sweep@init",
+    "sweep@train",
+    "sweep@optim",
+    "sweep@scale",
+    "sweep@theory",
+    "sweep@regularize",
+    "sweep@curriculum",
     "collect",
     "analyze",
     "figures",
@@ -64,7 +65,7 @@ def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
+    return re.findall(r"Running stage '([\w@]+)'", output)
 
 
 def checkout_copy(dest: Path) -> Path:
@@ -171,14 +172,14 @@ def test_collect_gathers_only_the_cells_of_the_current_grid(repo):
     # A record left by another grid, in the same folder: not part of the sweep, not collected.
     [first, *_] = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     shutil.copytree(first, sweep_dir / "d99-stale-cell")
-    proc = run(repo, "python", "-m", "study.collect", "--profile", "quick")
+    proc = run(repo, "python", "-m", "study.analysis.collect", "--profile", "quick")
     assert runs_file.read_bytes() == before
     assert f"train {QUICK['train']} (" in proc.stdout
     shutil.rmtree(sweep_dir / "d99-stale-cell")
 
     # A cell of the grid whose record is gone: one line naming it, and nothing written.
     (first / "run.json").rename(first / "run.json.away")
-    missing = run(repo, "python", "-m", "study.collect", "--profile", "quick", check=False)
+    missing = run(repo, "python", "-m", "study.analysis.collect", "--profile", "quick", check=False)
     (first / "run.json.away").rename(first / "run.json")
     assert missing.returncode == 1
     [line] = missing.stderr.strip().splitlines()
@@ -194,7 +195,7 @@ def test_an_unrelated_change_reruns_nothing(repo):
 
 
 def test_changing_a_module_reruns_the_stages_that_import_it(repo):
-    with (repo / "study" / "collect.py").open("a") as f:
+    with (repo / "study" / "analysis" / "collect.py").open("a") as f:
         f.write("\n# an edit\n")
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["collect"]
 
@@ -203,7 +204,7 @@ def test_analyze_writes_every_result_and_is_deterministic(repo):
     out = repo / "results" / "analysis"
     names = ("decay_rates", "factor_effects", "trainable_depth", "claims")
     first = {n: (out / f"{n}.parquet").read_bytes() for n in names}
-    again = run(repo, "python", "-m", "study.analyze", "--out", "results/analysis-again")
+    again = run(repo, "python", "-m", "study.analysis.analyze", "--out", "results/analysis-again")
     assert "claims:" in again.stdout
     for n in names:
         assert (repo / "results" / "analysis-again" / f"{n}.parquet").read_bytes() == first[n]
@@ -274,7 +275,7 @@ def test_the_study_run_leads_from_mlflow_to_the_report(repo):
 
 
 def test_a_figure_code_change_reruns_figures_and_report_only(repo):
-    style = repo / "study" / "style.py"
+    style = repo / "study" / "report" / "style.py"
     # A new colour for ReLU: the figures change, so the paper is rebuilt; nothing upstream.
     style.write_text(style.read_text().replace('"#D55E00"', '"#A04000"', 1))
     status = run(repo, "dvc", "status").stdout
@@ -283,7 +284,7 @@ def test_a_figure_code_change_reruns_figures_and_report_only(repo):
     assert stages_run(run(repo, "dvc", "repro", "--dry").stdout) == ["figures", "report"]
 
 
-# Last: it leaves the pipeline out of date (the stages after sweep_train not rerun).
+# Last: it leaves the pipeline out of date (the stages after sweep@train not rerun).
 def test_adding_a_seed_trains_only_the_new_cells(repo):
     preset = repo / "conf" / "sweep" / "quick" / "train.yaml"
     preset.write_text(preset.read_text().replace("      seed: 0,1\n", "      seed: 0,1,2\n"))
@@ -295,8 +296,8 @@ def test_adding_a_seed_trains_only_the_new_cells(repo):
     assert re.search(
         r"conf/sweep/quick/train\.yaml\s+hydra\.sweeper\.params\.seed\s.*0,1,2", changed
     )
-    proc = run(repo, "dvc", "repro", "sweep_train")  # the rest is what the first test ran
-    assert stages_run(proc.stdout) == ["sweep_train"]
+    proc = run(repo, "dvc", "repro", "sweep@train")  # the rest is what the first test ran
+    assert stages_run(proc.stdout) == ["sweep@train"]
     [(finished, diverged, failed, skipped)] = re.findall(
         r"(\d+) finished, (\d+) diverged, (\d+) failed, (\d+) skipped", proc.stdout
     )[-1:]
@@ -308,4 +309,4 @@ def test_adding_a_seed_trains_only_the_new_cells(repo):
     assert seeds == {0, 1, 2}
     # The new cell list is what collect reads: the tables (and all after them) are stale.
     status = run(repo, "dvc", "status").stdout
-    assert "collect:" in status and "multirun/quick/train/sweep.json" in status
+    assert "collect:" in status and "modified:           multirun/quick" in status

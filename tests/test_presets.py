@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from study.config import validate
-from study.sweep import SWEEPS, Profile
+from study.profiles import SWEEPS, Profile
 
 from .conftest import CONF, ROOT
 
@@ -91,7 +91,9 @@ def test_readme_states_the_grid_sizes():
 
 def test_every_sweep_is_a_pipeline_stage_that_collect_reads():
     stages = yaml.safe_load(Path(ROOT / "dvc.yaml").read_text())["stages"]
-    for sweep in SWEEPS:
-        stage = stages[f"sweep_{sweep}"]
-        assert stage["cmd"].startswith(f"python -m study.train -m +sweep=${{profile}}/{sweep} ")
-        assert f"multirun/${{profile}}/{sweep}/sweep.json" in stages["collect"]["deps"]
+    sweep = stages["sweep"]
+    assert tuple(sweep["foreach"]) == SWEEPS
+    cmd = "python -m study.train -m +sweep=${profile}/${item} "
+    assert sweep["do"]["cmd"].startswith(cmd)
+    assert "multirun/${profile}/${item}/sweep.json" in sweep["do"]["outs"][0]
+    assert "multirun/${profile}" in [d.split("#")[0].strip() for d in stages["collect"]["deps"]]

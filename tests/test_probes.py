@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study import nets
 from study.config import Activation, Init, ModelConfig, Norm, Skip
-from study.probes import FLOAT32_TINY, Probe, probe_steps, profile_summary
-from study.stack import Stack
+from study.engine import nets
+from study.engine.probes import FLOAT32_TINY, Probe, probe_steps, profile_summary
+from study.engine.stack import Stack
 
 from .conftest import probe_net
 

@@ -1,4 +1,4 @@
-"""Stage ``publish`` (study.publish): the study as one MLflow run that leads to the report.
+"""Stage ``publish`` (study.tracking.publish): the study as one MLflow run that leads to the report.
 
 Runs the real module on a project folder holding what the earlier stages leave (a paper, a
 figure, the claims' verdicts, a sweep's ``sweep.json``); the whole pipeline with it is
@@ -25,7 +25,7 @@ VERDICTS = {"C1": {"verdict": "supported"}, "C2": {"verdict": "not tested"},
 
 def publish(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "study.publish", *args], cwd=folder, env=subprocess_env(),
+        [sys.executable, "-m", "study.tracking.publish", *args], cwd=folder, env=subprocess_env(),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -78,11 +78,11 @@ def test_the_study_run_carries_the_paper_figures_and_verdicts(project):
 
 @pytest.mark.parametrize(("args", "remove", "line"), [
     (("--profile", "quick"), "paper/main.pdf",
-     "study.publish: error: paper/main.pdf: missing; run `dvc repro` (make study) first"),
+     "study.tracking.publish: error: paper/main.pdf: missing; run `dvc repro` (make study) first"),
     (("--profile", "huge"), None,
-     "study.publish: error: --profile: 'huge': expected one of quick, standard, full"),
+     "study.tracking.publish: error: --profile: 'huge': expected one of quick, standard, full"),
     (("--profile", "quick", "--tracking", "cloud"), None,
-     "study.publish: error: --tracking: 'cloud': expected one of server, sqlite"),
+     "study.tracking.publish: error: --tracking: 'cloud': expected one of server, sqlite"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_logs_nothing(project, args, remove, line):
     if remove:

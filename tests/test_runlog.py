@@ -1,5 +1,6 @@
-"""MLflow runs of a group of cells (study.runlog.log_cells): the bulk path into SQL stores
-writes what the client path writes, in one transaction, and reruns trash what they replace."""
+"""MLflow runs of a group of cells (study.tracking.cell_runs.log_cells): the bulk path into SQL
+stores writes what the client path writes, in one transaction, and reruns trash what they
+replace."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from study import mlflow_tables, profile_svg, records, reproduce, runlog, tracking
+from study import records
 from study.config import LAYER_STATS, TrackingConfig, as_dict
+from study.tracking import bulk, cell_runs, mirror, profile_svg, reproduce
 
 from .conftest import compose_config
 
@@ -112,9 +114,9 @@ def config(uri: str, experiment: str, **overrides: Any) -> TrackingConfig:
     return TrackingConfig(uri=uri, experiment=experiment, **fields)
 
 
-def client_path(uri: str, experiment: str) -> tracking.Tracker:
+def client_path(uri: str, experiment: str) -> mirror.Tracker:
     """The tracker for ``experiment``, made to log as it does to a tracking server."""
-    tracker = tracking.tracker(uri, experiment)
+    tracker = mirror.tracker(uri, experiment)
     tracker.sql_store = None
     return tracker
 
@@ -193,13 +195,13 @@ def test_bulk_path_logs_the_runs_the_client_path_logs(store, tmp_path):
     client = MlflowClient(store)
     parent = client.create_run(client.create_experiment("parents")).info.run_id
     client_path(store, "old")
-    old = runlog.log_cells(
+    old = cell_runs.log_cells(
         config(store, "old", profile_plot=True), mixed_group(tmp_path / "old"), parent
     )
-    new = runlog.log_cells(
+    new = cell_runs.log_cells(
         config(store, "new", profile_plot=True), mixed_group(tmp_path / "new"), parent
     )
-    assert tracking.tracker(store, "new").sql_store is not None  # really the bulk path
+    assert mirror.tracker(store, "new").sql_store is not None  # really the bulk path
     assert len(new) == 4 and old[0]["experiment_id"] != new[0]["experiment_id"]
     assert_same_runs(client, old, client, new)
     for a, b in zip(old, new, strict=True):  # row for row, the columns the API hides too
@@ -221,7 +223,7 @@ def test_bulk_path_logs_the_runs_the_client_path_logs(store, tmp_path):
     # What the UI's search runs on: the same runs found through tags, params and metrics.
     for experiment in ("old", "new"):
         found = client.search_runs(
-            [tracking.tracker(store, experiment).experiment_id],
+            [mirror.tracker(store, experiment).experiment_id],
             "tags.`study.status` = 'finished' and params.`model.depth` = '16' "
             "and metrics.`curve/val_accuracy` >= 0.5",
             order_by=["metrics.`val_loss` DESC"],
@@ -232,39 +234,39 @@ def test_bulk_path_logs_the_runs_the_client_path_logs(store, tmp_path):
 def test_a_rerun_trashes_the_runs_it_replaces_in_the_same_transaction(store, tmp_path):
     cfg = config(store, "rerun")
     cells = [synthetic_cell(tmp_path / f"c{i}", i) for i in range(3)]
-    first = runlog.log_cells(cfg, cells, None)
+    first = cell_runs.log_cells(cfg, cells, None)
     for (record, _, out_dir), info in zip(cells, first, strict=True):
         records.write_json(out_dir / records.RUN_FILE, {**record, "mlflow": info})
     # A half-logged run an attempt left behind, named only by the marker of cell 2.
-    tracker = tracking.tracker(store, "rerun")
+    tracker = mirror.tracker(store, "rerun")
     orphan = tracker.client.create_run(tracker.experiment_id).info.run_id
-    runlog.write_marker(cells[2][2], [orphan])
-    second = runlog.log_cells(cfg, cells, None)
+    cell_runs.write_marker(cells[2][2], [orphan])
+    second = cell_runs.log_cells(cfg, cells, None)
     live = {r.info.run_id for r in active_runs(store, tracker.experiment_id)}
     assert live == {info["run_id"] for info in second}
     client = MlflowClient(store)
     for gone in [info["run_id"] for info in first[:2]] + [orphan]:
         assert client.get_run(gone).info.lifecycle_stage == "deleted"
     for (_, _, out_dir), info in zip(cells, second, strict=True):
-        assert (out_dir / runlog.MLFLOW_MARKER).read_text().split() == [info["run_id"]]
+        assert (out_dir / cell_runs.MLFLOW_MARKER).read_text().split() == [info["run_id"]]
 
 
 def test_a_failed_commit_leaves_no_run_and_the_rerun_one_per_cell(store, tmp_path, monkeypatch):
     cfg = config(store, "crash")
     cells = [synthetic_cell(tmp_path / f"c{i}", i) for i in range(2)]
-    runlog.log_cells(cfg, cells[:1], None)  # cell 0 has a run from an earlier attempt
+    cell_runs.log_cells(cfg, cells[:1], None)  # cell 0 has a run from an earlier attempt
 
     def crash(self, trash):
         raise KeyboardInterrupt  # killed just before the commit
 
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(mlflow_tables.SqlRows, "write", crash)
-        runlog.log_cells(cfg, cells, None)
-    experiment_id = tracking.tracker(store, "crash").experiment_id
+        patched.setattr(bulk.SqlRows, "write", crash)
+        cell_runs.log_cells(cfg, cells, None)
+    experiment_id = mirror.tracker(store, "crash").experiment_id
     assert len(active_runs(store, experiment_id)) == 1
     # Both the old run and the unborn one stay named for the rerun.
-    assert len((cells[0][2] / runlog.MLFLOW_MARKER).read_text().split()) == 2
-    logged = runlog.log_cells(cfg, cells, None)
+    assert len((cells[0][2] / cell_runs.MLFLOW_MARKER).read_text().split()) == 2
+    logged = cell_runs.log_cells(cfg, cells, None)
     assert {r.info.run_id for r in active_runs(store, experiment_id)} == {
         info["run_id"] for info in logged
     }
@@ -272,13 +274,13 @@ def test_a_failed_commit_leaves_no_run_and_the_rerun_one_per_cell(store, tmp_pat
 
 def test_a_locked_database_is_waited_for_then_written(store, tmp_path):
     cfg = config(store, "locked")
-    tracking.tracker(store, "locked")  # the store's tables exist
+    mirror.tracker(store, "locked")  # the store's tables exist
     db = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
     db.execute("BEGIN IMMEDIATE")  # another worker holds the write lock...
     release = threading.Timer(1.0, lambda: db.execute("COMMIT"))
     release.start()  # ...for a second
     t0 = time.monotonic()
-    logged = runlog.log_cells(cfg, [synthetic_cell(tmp_path / "c0", 0)], None)
+    logged = cell_runs.log_cells(cfg, [synthetic_cell(tmp_path / "c0", 0)], None)
     assert time.monotonic() - t0 >= 0.9
     release.join()
     db.close()
@@ -289,7 +291,7 @@ def test_a_locked_database_is_waited_for_then_written(store, tmp_path):
 
 def test_a_transaction_refused_as_locked_is_tried_again(store, tmp_path, monkeypatch):
     cfg = config(store, "retry")
-    write, calls = mlflow_tables.SqlRows.write, []
+    write, calls = bulk.SqlRows.write, []
 
     def flaky(self, trash):
         calls.append(1)
@@ -297,15 +299,17 @@ def test_a_transaction_refused_as_locked_is_tried_again(store, tmp_path, monkeyp
             raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
         write(self, trash)
 
-    monkeypatch.setattr(mlflow_tables.SqlRows, "write", flaky)
-    monkeypatch.setattr(mlflow_tables, "LOCKED_WAIT_S", 0.001)
-    logged = runlog.log_cells(cfg, [synthetic_cell(tmp_path / f"c{i}", i) for i in range(2)], None)
+    monkeypatch.setattr(bulk.SqlRows, "write", flaky)
+    monkeypatch.setattr(bulk, "LOCKED_WAIT_S", 0.001)
+    logged = cell_runs.log_cells(
+        cfg, [synthetic_cell(tmp_path / f"c{i}", i) for i in range(2)], None
+    )
     assert len(calls) == 3
     assert len(active_runs(store, logged[0]["experiment_id"])) == 2
 
 
 def test_retry_locked_gives_up_after_its_tries_and_at_once_on_other_errors(monkeypatch):
-    monkeypatch.setattr(mlflow_tables, "LOCKED_WAIT_S", 0.001)
+    monkeypatch.setattr(bulk, "LOCKED_WAIT_S", 0.001)
     calls = []
 
     def locked():
@@ -313,8 +317,8 @@ def test_retry_locked_gives_up_after_its_tries_and_at_once_on_other_errors(monke
         raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
 
     with pytest.raises(MlflowException):
-        mlflow_tables.retry_locked(locked)
-    assert len(calls) == mlflow_tables.LOCKED_TRIES
+        bulk.retry_locked(locked)
+    assert len(calls) == bulk.LOCKED_TRIES
     calls.clear()
 
     def invalid():
@@ -322,19 +326,19 @@ def test_retry_locked_gives_up_after_its_tries_and_at_once_on_other_errors(monke
         raise MlflowException("bad key", INVALID_PARAMETER_VALUE)
 
     with pytest.raises(MlflowException):
-        mlflow_tables.retry_locked(invalid)
+        bulk.retry_locked(invalid)
     assert len(calls) == 1
 
 
 def test_concurrent_groups_into_one_sqlite_file_all_land(store, tmp_path):
     cfg = config(store, "concurrent")
-    tracking.tracker(store, "concurrent")
+    mirror.tracker(store, "concurrent")
     groups = [
         [synthetic_cell(tmp_path / f"g{g}c{i}", 10 * g + i) for i in range(5)] for g in range(3)
     ]
     logged: list = []
     threads = [
-        threading.Thread(target=lambda g=g: logged.extend(runlog.log_cells(cfg, g, None)))
+        threading.Thread(target=lambda g=g: logged.extend(cell_runs.log_cells(cfg, g, None)))
         for g in groups
     ]
     for thread in threads:
@@ -348,7 +352,7 @@ def test_concurrent_groups_into_one_sqlite_file_all_land(store, tmp_path):
 def test_a_forked_worker_opens_its_own_connections_and_leaves_the_parents_open(tmp_path):
     # The pool launcher forks its workers from a parent that has talked to the store: a
     # child that reused the parent's pooled SQLite connection would share its file locks.
-    tracker = tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "fork")
+    tracker = mirror.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "fork")
     engine = tracker.sql_store.engine
     engine.dispose()  # from here on, every connection records the process that opened it
     sqlalchemy.event.listen(
@@ -372,8 +376,7 @@ def test_a_forked_worker_opens_its_own_connections_and_leaves_the_parents_open(t
         assert connection.exec_driver_sql("select count(*) from experiments").scalar() >= 1
 
 
-# ------------------------------------------------ the command, the picture (study.reproduce,
-# study.profile_svg)
+# ------------------------- the command, the picture (study.tracking.reproduce, .profile_svg)
 
 CELLS = [
     ("+sweep=quick/optim", "optim=adamw", "optim.lr=0.01", "optim.clip_norm=1.0",

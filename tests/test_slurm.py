@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from study import sweep
+from study.runs import jobs
 
 from .conftest import subprocess_env
 from .test_pipeline import checkout_copy, run, stages_run
@@ -144,10 +144,11 @@ def submit(workdir: Path, env: dict[str, str], *overrides: str) -> subprocess.Po
     )  # fmt: skip
 
 
-def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    """What the sweep printed (its log lines and its summary), once it exited 0."""
+def finish(proc: subprocess.Popen, timeout: float = 600, status: int = 0) -> str:
+    """What the sweep printed (its log lines and its summary), once it exited with
+    ``status`` (1: some cells failed)."""
     out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == status, out[-3000:]
     return out
 
 
@@ -179,7 +180,7 @@ def test_a_cancelled_array_completes_on_resubmission_without_duplicates(
         assert time.monotonic() < deadline, "no group was recorded"
         time.sleep(0.2)
     subprocess.run(["scancel", "--user", "root"], env=cluster, check=True)
-    out = finish(proc)
+    out = finish(proc, status=1)
     assert "3 finished, 0 diverged, 3 failed, 0 skipped" in out, out
     assert "CANCELLED" in out  # the failures say why
     assert len(record_dirs(sweep_dir)) == 3
@@ -192,13 +193,13 @@ def test_a_cancelled_array_completes_on_resubmission_without_duplicates(
     [parent], _ = sweep_runs(uri, "smoke")
     assert parent.data.metrics["cells_skipped"] == 3
 
-    # The launcher skips what study.train.run_group would: a result under this cell's key.
+    # The launcher skips what study.runs.cell.run_group would: a result under this cell's key.
     monkeypatch.chdir(workdir)  # where the config's data folder is
     cell = record_dirs(sweep_dir)[0]
     config = json.loads((cell / "run.json").read_text())["config"]
-    assert sweep.recorded(config, cell)["status"] == "finished"
+    assert jobs.recorded(config, cell)["status"] == "finished"
     changed = {**config, "train": {**config["train"], "steps": 21}}
-    assert sweep.recorded(changed, cell) is None
+    assert jobs.recorded(changed, cell) is None
 
 
 def test_dvc_repro_with_launcher_slurm_runs_the_sweep_stage_on_the_cluster(
@@ -212,11 +213,11 @@ def test_dvc_repro_with_launcher_slurm_runs_the_sweep_stage_on_the_cluster(
     params = repo / "params.yaml"
     text = re.sub(r"(?m)^profile: .*$", "profile: quick", params.read_text())
     params.write_text(re.sub(r"(?m)^launcher: .*$", "launcher: slurm", text))
-    proc = run(repo, "dvc", "repro", "sweep_theory")
-    assert stages_run(proc.stdout) == ["prepare", "sweep_theory"]
+    proc = run(repo, "dvc", "repro", "sweep@theory")
+    assert stages_run(proc.stdout) == ["prepare", "sweep@theory"]
     sweep_dir = repo / "multirun" / "quick" / "theory"
     listed = json.loads((sweep_dir / "sweep.json").read_text())
     assert listed["complete"] and listed["counts"] == {"finished": 12}
     # 12 cells in 6 groups (the two seeds of a shape stack): 6 array tasks, all done.
     assert len(list((sweep_dir / ".submitit").glob("*_*/*_result.pkl"))) == 6
-    assert "Data and pipelines are up to date" in run(repo, "dvc", "status", "sweep_theory").stdout
+    assert "Data and pipelines are up to date" in run(repo, "dvc", "status", "sweep@theory").stdout

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study import loop, nets
 from study.config import Activation, ModelConfig, Norm, OptimConfig, Optimizer, Skip
-from study.optimizers import StackOptimizer
-from study.probes import Probe
+from study.engine import loop, nets
+from study.engine.optimizers import StackOptimizer
+from study.engine.probes import Probe
+from study.engine.stack import Dropout, Stack, per_net_loss
 from study.records import Status
-from study.stack import Dropout, Stack, per_net_loss
 
 from .conftest import compose_config
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from study import stats
+from study.analysis import stats
 
 
 def test_t_interval_is_the_student_interval_and_needs_two_values():

@@ -18,10 +18,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hydra_plugins.study_sweeps._pool import Pool
-from study import records, sweep
+from study import records
 from study.config import ConfigError, DataConfig, Dataset
 from study.data import load, write_npz
+from study.runs import sweep
+from study.runs.pool import Pool
 
 from .conftest import subprocess_env, train
 
@@ -173,7 +174,7 @@ def test_a_bad_value_in_the_grid_stops_the_sweep_before_any_work(workdir, overri
     assert not (workdir / "multirun").exists()
 
 
-def test_a_crashing_cell_is_recorded_as_failed_and_the_sweep_goes_on(workdir, prepared):
+def test_a_crashing_cell_is_recorded_as_failed_the_sweep_goes_on_and_exits_1(workdir, prepared):
     # Two data folders, one whose training labels are corrupt (-1): its cells crash.
     (workdir / "good").symlink_to(prepared)
     bad = workdir / "bad"
@@ -187,7 +188,7 @@ def test_a_crashing_cell_is_recorded_as_failed_and_the_sweep_goes_on(workdir, pr
     proc = train(workdir, "-m", "+sweep=smoke", "model.depth=2", "model.skip=none",
                  "train.steps=5", "data.dir=good,bad",
                  "run_name=d${model.depth}-${model.activation}-${data.dir}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the other cells ran; dvc repro stops
     assert "2 finished, 0 diverged, 2 failed" in proc.stdout
     assert proc.stdout.count("[sweep] failed:") == 2 and "IndexError" in proc.stdout
     statuses = sorted(records.read_run(d)["status"]
@@ -231,7 +232,7 @@ SUMMARY = re.compile(r"^\[sweep\] .*?: (\d+)/(\d+) cells in [0-9.]+s: (\d+) fini
 
 
 def summary(stdout: str) -> dict[str, int]:
-    """The counts of the sweep's last line (study.sweep.Session.finish)."""
+    """The counts of the sweep's last line (study.runs.sweep.Session.finish)."""
     found = SUMMARY.findall(stdout)
     assert found, stdout[-3000:]
     keys = ("done", "total", "finished", "diverged", "failed", "skipped")
@@ -286,7 +287,7 @@ def test_a_dead_worker_fails_only_its_task_and_a_fresh_one_takes_its_place():
 
 POOL_SCRIPT = """
 import time
-from hydra_plugins.study_sweeps._pool import Pool
+from study.runs.pool import Pool
 with Pool(2, time.sleep, (0,)) as pool:
     print("started", flush=True)
     for _ in pool.run([(time.sleep, (120,))] * 4):
@@ -350,7 +351,7 @@ def test_a_killed_worker_fails_only_its_group_and_a_rerun_completes_it(workdir):
             proc.kill()
             proc.wait()
     stdout = out.read_text()
-    assert proc.returncode == 0, err.read_text()[-3000:]
+    assert proc.returncode == 1, err.read_text()[-3000:]  # three cells failed
     counts = summary(stdout)
     assert counts["done"] == counts["total"] == 24
     assert counts["failed"] == 3 and counts["finished"] + counts["diverged"] == 21

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from study import meanfield, nets, theory
+from study.analysis import meanfield, theory
 from study.config import ModelConfig
-from study.probes import profile_summary
+from study.engine import nets
+from study.engine.probes import profile_summary
 
 from .conftest import probe_net
 

@@ -32,9 +32,10 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
-from study import records, runlog, tracking
+from study import records
 from study.config import ConfigError
-from study.sweep import LOCK_FILE
+from study.runs.sweep import LOCK_FILE
+from study.tracking import cell_runs, mirror
 
 from .conftest import ROOT, train
 from .test_runlog import assert_same_runs, config, mixed_group
@@ -220,8 +221,8 @@ def test_a_refusal_in_a_worker_reaches_the_sweep_whole(mlflow_server, monkeypatc
     """A worker refused mid-sweep (its password changed) fails its cells with the one
     line: the error crosses back to the sweep's process by pickle, as the pool sends it."""
     sign_in(monkeypatch, None)
-    with pytest.raises(tracking.Refused) as refused:
-        tracking.Tracker(mlflow_server, "refused")
+    with pytest.raises(mirror.Refused) as refused:
+        mirror.Tracker(mlflow_server, "refused")
     back = pickle.loads(pickle.dumps(refused.value))
     assert isinstance(back, ConfigError)
     assert (
@@ -242,18 +243,18 @@ def test_log_cells_to_a_server_logs_run_by_run_what_the_bulk_path_writes(
     replaces."""
     monkeypatch.chdir(tmp_path)  # the local store's artifacts go to ./mlruns
     sign_in(monkeypatch, researcher)
-    assert tracking.tracker(mlflow_server, "direct").sql_store is None
+    assert mirror.tracker(mlflow_server, "direct").sql_store is None
     cells = mixed_group(tmp_path / "server")
-    first = runlog.log_cells(config(mlflow_server, "direct"), cells, None)
+    first = cell_runs.log_cells(config(mlflow_server, "direct"), cells, None)
     for (record, _, out_dir), info in zip(cells, first, strict=True):
         records.write_json(out_dir / records.RUN_FILE, {**record, "mlflow": info})
-    second = runlog.log_cells(config(mlflow_server, "direct"), cells, None)
+    second = cell_runs.log_cells(config(mlflow_server, "direct"), cells, None)
     server = MlflowClient(mlflow_server)
     live = server.search_runs([second[0]["experiment_id"]], run_view_type=ViewType.ACTIVE_ONLY)
     assert {r.info.run_id for r in live} == {info["run_id"] for info in second}
     assert {server.get_run(i["run_id"]).info.lifecycle_stage for i in first} == {"deleted"}
     for name, store in (("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}"), ("pg", postgres_uri)):
-        assert tracking.tracker(store, f"bulk-{name}").sql_store is not None
+        assert mirror.tracker(store, f"bulk-{name}").sql_store is not None
         cfg = config(store, f"bulk-{name}")
-        bulk = runlog.log_cells(cfg, mixed_group(tmp_path / name), None)
+        bulk = cell_runs.log_cells(cfg, mixed_group(tmp_path / name), None)
         assert_same_runs(server, second, MlflowClient(store), bulk)

@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from study import records
 from study.config import ConfigError, DataConfig, Dataset, as_dict, validate
 from study.data import Splits, load
-from study.probes import STATS
-from study.train import Cell, check_stackable, execute, execute_group
+from study.engine.probes import STATS
+from study.runs import jobs
+from study.runs.cell import Cell, check_stackable, execute, execute_group
 
 from .conftest import compose_config, train
 
@@ -53,7 +54,7 @@ def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
 
     client, [run] = mlflow_runs(workdir)
     assert run.info.status == "FINISHED"
-    assert run.info.run_id == record["mlflow"]["run_id"]
+    assert run.info.run_id == records.read_mirror(run_dir)["run_id"]
     assert run.info.run_name == "d32-relu-kaiming_normal-none-none-s0"
     params = run.data.params
     assert (params["model.depth"], params["model.activation"], params["model.init"]) == (
@@ -136,13 +137,14 @@ def test_a_crash_is_recorded_as_failed_with_its_error(tmp_path, mnist1d):
                          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
     # Corrupt labels: class 99 of 10 makes the loss raise inside training.
     broken = Splits(**{**mnist1d.__dict__, "y_train": np.full_like(mnist1d.y_train, 99)})
-    status = execute(cfg, as_dict(cfg), broken, tmp_path, "test-key")["status"]
-    assert status == "failed"
+    done = execute(cfg, as_dict(cfg), broken, tmp_path, "test-key")
+    assert done.record["status"] == "failed"
     record = records.read_run(tmp_path)
     assert record["status"] == "failed"
     assert "IndexError" in record["error"] or "out of bounds" in record["error"]
+    assert jobs.mirror(cfg.tracking, [done], None) is None
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [run] = client.search_runs([record["mlflow"]["experiment_id"]])
+    [run] = client.search_runs([records.read_mirror(tmp_path)["experiment_id"]])
     assert run.info.status == "FAILED"
     assert run.data.tags["study.status"] == "failed"
 
@@ -180,14 +182,14 @@ def group_cells(tmp_path: Path, prepared: Path, *extra: str) -> list[Cell]:
 
 
 # What legitimately differs between two executions of the same cell.
-RUN_SPECIFIC = ("timings", "environment", "started_at", "finished_at", "mlflow", "git_commit")
+RUN_SPECIFIC = ("timings", "environment", "started_at", "finished_at", "git_commit")
 
 
 @pytest.mark.numeric
 def test_a_cell_alone_and_in_a_group_of_eight_writes_the_same_record(tmp_path, prepared):
     splits = load(DataConfig(name=Dataset.digits, dir=str(prepared)))
     grouped = group_cells(tmp_path / "group", prepared, "model.skip=residual")
-    execute_group(grouped, splits)
+    assert jobs.mirror(grouped[0].cfg.tracking, execute_group(grouped, splits), None) is None
     for cell in group_cells(tmp_path / "alone", prepared, "model.skip=residual"):
         execute_group([cell], splits)
         mine = records.read_run(cell.out_dir)
@@ -220,10 +222,10 @@ def test_cells_that_differ_in_shape_are_refused_as_a_group(tmp_path, prepared):
 PAGE_FAULTS = """
 import resource, sys
 import torch
-from study import allocator, nets
+from study.engine import allocator, nets
 from study.config import ModelConfig, Skip
-from study.probes import Probe
-from study.stack import Stack
+from study.engine.probes import Probe
+from study.engine.stack import Stack
 
 if sys.argv[1] == "keep":
     assert allocator.keep_freed_memory()

@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def ui(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "study.ui", *args], cwd=workdir, env=subprocess_env(),
+        [sys.executable, "-m", "study.tracking.ui", *args], cwd=workdir, env=subprocess_env(),
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -67,11 +67,12 @@ def store(tmp_path_factory, prepared) -> Path:
 
 @pytest.fixture(scope="module")
 def server(store):
-    """``python -m study.ui`` (what ``make ui`` runs): its process, base URL, printed
+    """``python -m study.tracking.ui`` (what ``make ui`` runs): its process, base URL, printed
     lines and start time; stopped, with its whole process group, at the end."""
     port = free_port()
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "study.ui", "--port", str(port)], cwd=store,
+    proc = subprocess.Popen([sys.executable, "-m", "study.tracking.ui", "--port", str(port)],
+                            cwd=store,
                             env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     lines = []
@@ -89,7 +90,7 @@ def server(store):
     time.sleep(0.5)
     left = [pid for pid in group if psutil.pid_exists(pid)
             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
-    assert left == [], "the server outlived study.ui"
+    assert left == [], "the server outlived study.tracking.ui"
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,11 @@ def page(browser, server):
 
 
 def cells(store: Path) -> dict[str, dict]:
-    sweep = json.loads((store / "multirun/quick/init/sweep.json").read_text())
-    return {c["run_name"]: records.read_run(store / "multirun/quick/init" / c["dir"])
+    """Each cell's record, with where MLflow mirrors it (its mlflow.json) as "mlflow"."""
+    folder = store / "multirun/quick/init"
+    sweep = json.loads((folder / "sweep.json").read_text())
+    return {c["run_name"]: records.read_run(folder / c["dir"])
+            | {"mlflow": records.read_mirror(folder / c["dir"])}
             for c in sweep["cells"]}  # fmt: skip
 
 
@@ -149,7 +153,7 @@ def seconds(text: str) -> float:
 
 
 def test_the_ui_starts_local_and_light_and_refuses_bad_input(server, store):
-    print(f"study.ui answered in {server['started_s']:.1f} s")
+    print(f"study.tracking.ui answered in {server['started_s']:.1f} s")
     assert server["started_s"] < 10  # ~5 s here, on two cores busy with other tests
     listening = [c.laddr for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == server["port"]]  # fmt: skip
@@ -166,19 +170,23 @@ def test_the_ui_starts_local_and_light_and_refuses_bad_input(server, store):
     taken = ui(store, "--port", str(server["port"]))
     assert (taken.returncode, taken.stdout) == (2, "")
     assert taken.stderr.splitlines() == [
-        f"study.ui: error: --port: 127.0.0.1:{server['port']} is in use; "
+        f"study.tracking.ui: error: --port: 127.0.0.1:{server['port']} is in use; "
         "choose another (make ui PORT=5001)"
     ]
     empty = store / "empty"
     empty.mkdir(exist_ok=True)
     missing = ui(empty)
     assert missing.returncode == 2 and missing.stderr.splitlines() == [
-        "study.ui: error: mlflow.db: no MLflow store here; run a sweep or `make study` first"
+        "study.tracking.ui: error: mlflow.db: no MLflow store here; "
+        "run a sweep or `make study` first"
     ]
-    # make ui PORT=... reaches study.ui (the set-up stamp taken as done: no reinstall here).
+    # make ui PORT=... reaches study.tracking.ui (the set-up stamp taken as done: no reinstall).
     made = subprocess.run(["make", "-s", "-o", ".venv/.installed", "ui", "PORT=x1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert made.returncode != 0 and "study.ui: error: --port: 'x1' is not a number" in made.stderr
+    assert (
+        made.returncode != 0
+        and "study.tracking.ui: error: --port: 'x1' is not a number" in made.stderr
+    )
 
 
 def test_the_home_page_has_no_telemetry_notice(page, server, shots):

@@ -30,10 +30,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from study.config import ConfigError
-from study.train import STACKABLE
+from study.runs.cell import STACKABLE
 
 # _WORKER too: benchmarks/bench_sweep.py drives a worker in-process through this module.
-from ._pool import START_METHODS, Pool
+from study.runs.pool import START_METHODS, Pool
+
 from ._workers import _WORKER, _init_worker, _run, _run_group, job_config  # noqa: F401
 from .compose import JobSpec, Planner, task_view
 
@@ -47,7 +48,7 @@ class GroupingConf:
     # Jobs that differ only in the ``group_over`` keys run as one group: ``group_task``
     # ("module:function") gets them all at once; the study's trains them as one stacked
     # network. Null runs job by job through the Hydra task function.
-    group_task: str | None = "study.train:run_group"
+    group_task: str | None = "study.runs.jobs:run_group"
     group_over: list[str] = field(default_factory=lambda: [k for k in STACKABLE if k != "run_name"])
     max_group: int = 32
     # ...and at most this many activation elements (depth x width x batch, summed over the
@@ -104,7 +105,7 @@ def groups(
 
 
 def outcome(ret: JobReturn) -> dict[str, Any]:
-    """A job's cell: what the task reported (``study.sweep.job_result``), or, if the task
+    """A job's cell: what the task reported (``study.runs.sweep.job_result``), or, if the task
     raised before it could record anything, ``failed`` with the exception's first line."""
     value = ret._return_value
     if isinstance(value, dict) and "status" in value:

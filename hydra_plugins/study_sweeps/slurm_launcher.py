@@ -27,7 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import DictConfig, OmegaConf
 
-from study import sweep
+from study.runs import jobs
 
 from ._workers import run_task
 from .compose import GroupConfigs
@@ -104,14 +104,14 @@ class SlurmLauncher(Launcher):
         progress = Progress(len(p.jobs), self.progress_every_s)
         specs = job_specs(p)
         for i, spec in enumerate(specs):  # already answered: nothing to queue
-            if (cell := sweep.recorded(*spec)) is not None:
+            if (cell := jobs.recorded(*spec)) is not None:
                 results[i] = answered(p, i, {**cell, "status": "skipped"})
                 progress.update("skipped")
         chunks = [c for c in ([i for i in c if results[i] is None] for c in p.chunks) if c]
         if chunks:
             import submitit  # only when a SLURM sweep runs: plugin discovery stays fast
 
-            from ._slurm import watched
+            from study.runs.slurm_queue import watched
 
             executor = submitit.SlurmExecutor(self.folder, max_num_timeout=self.max_num_timeout)
             # The generic names (timeout_min, mem_gb, ...) as sbatch's own (time, mem, ...).
@@ -150,7 +150,7 @@ class SlurmLauncher(Launcher):
                 line = error_line(task, exc)
                 rets = []
                 for i in chunk:
-                    cell = sweep.recorded(*specs[i])  # it may have recorded some
+                    cell = jobs.recorded(*specs[i])  # it may have recorded some
                     lost = failed(p.templates, p.jobs[i], RuntimeError(line))
                     rets.append(answered(p, i, cell) if cell is not None else lost)
             for i, ret in zip(chunk, rets, strict=True):

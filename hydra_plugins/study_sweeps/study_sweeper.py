@@ -6,7 +6,7 @@ Same grid syntax and ``hydra.sweeper.params`` as the basic sweeper. The differen
   value set on it and validated) instead of composing every job before launching;
 - the whole grid is validated before any job starts, so bad input (or data not prepared
   yet) writes nothing;
-- the sweep is bookkept by ``study.sweep``: the MLflow schema, experiment and parent run
+- the sweep is bookkept by ``study.runs.sweep``: the MLflow schema, experiment and parent run
   exist before the workers start, and the end prints a summary naming every failure;
 - a failed job does not raise: it is recorded and counted, and the sweep goes on;
 - ``hydra.sweeper.grids`` (optional) makes the sweep a union of grids: each entry's keys
@@ -16,6 +16,8 @@ Same grid syntax and ``hydra.sweeper.params`` as the basic sweeper. The differen
 """
 
 import copy
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +28,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from study import mlflow_sweep
-from study import sweep as bookkeeping
 from study.config import Config, ConfigError, validate
-from study.data import require_prepared
+from study.data import load_cached, require_prepared
+from study.engine import memory
+from study.runs import sweep as bookkeeping
+from study.tracking import experiment, uri
 
 from .compose import Planner, task_view
 from .pool_launcher import outcome
@@ -49,9 +52,18 @@ ConfigStore.instance().store(
 
 
 def check(cfg: Config) -> None:
-    """What a job would reject up front: an invalid config, or data that is not prepared."""
+    """What a job would reject up front: an invalid config, data that is not prepared, a
+    tracking store MLflow cannot use."""
     validate(cfg)
     require_prepared(cfg.data)
+    if cfg.tracking.enabled:
+        uri.check(cfg.tracking.uri)
+
+
+# The keys a net's memory grows with (study.engine.memory): a template is checked at the
+# largest value of each that its jobs take, which bounds every job of it.
+MEMORY_KEYS = ("model.depth", "model.width", "model.dense.growth", "train.batch_size",
+               "probe.batch_size", "probe.batches")  # fmt: skip
 
 
 class StudySweeper(BasicSweeper):
@@ -89,12 +101,17 @@ class StudySweeper(BasicSweeper):
         planner = Planner(self.hydra_context, self.config)
         views: dict[tuple[str, ...], DictConfig] = {}  # the task's view of each template
         checked: set[tuple[tuple[str, ...], str, str]] = set()
+        largest: dict[tuple[str, ...], dict[str, Any]] = {}  # MEMORY_KEYS' largest values
         for overrides in batch:
             job = planner.plan(0, overrides)
             if job.signature not in views:
                 views[job.signature] = task_view(planner.templates[job.signature])
                 check(OmegaConf.to_object(views[job.signature]))  # type: ignore[arg-type]
+                largest[job.signature] = {}
             for key, value in job.values:
+                if key in MEMORY_KEYS and isinstance(value, int):
+                    top = largest[job.signature]
+                    top[key] = max(value, top.get(key, value))
                 mark = (job.signature, key, repr(value))
                 if mark in checked:
                     continue
@@ -102,17 +119,23 @@ class StudySweeper(BasicSweeper):
                 cfg = copy.deepcopy(views[job.signature])
                 OmegaConf.update(cfg, key, value, merge=False)
                 check(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+        for signature, top in largest.items():
+            cfg = copy.deepcopy(views[signature])
+            for key, value in top.items():
+                OmegaConf.update(cfg, key, value, merge=False)
+            typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+            memory.check(typed, load_cached(typed.data))
 
-    def about(self) -> mlflow_sweep.About:
+    def about(self) -> experiment.About:
         """How the sweep was asked for: what its MLflow parent run and experiment show."""
         assert self.config is not None
         hydra = self.config.hydra
         axes = set(self.params or {}) | {k for grid in self.grids for k in grid}
-        return mlflow_sweep.About(
-            command=mlflow_sweep.sweep_command(list(hydra.overrides.task),
+        return experiment.About(
+            command=experiment.sweep_command(list(hydra.overrides.task),
                                                list(hydra.overrides.hydra)),
             preset=hydra.runtime.choices.get("sweep"),
-            grid=mlflow_sweep.grid_of([job for b in self.overrides for job in b], sorted(axes)),
+            grid=experiment.grid_of([job for b in self.overrides for job in b], sorted(axes)),
         )  # fmt: skip
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -122,7 +145,12 @@ class StudySweeper(BasicSweeper):
             self.validate_batch_is_legal(batch)
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(sweep_dir, os.W_OK):
+                raise PermissionError(13, "Permission denied", str(sweep_dir))
+        except OSError as exc:
+            raise ConfigError("hydra.sweep.dir", f"{sweep_dir}: {exc.strerror}") from None
         session = bookkeeping.Session.start(  # first: it refuses a sweep already running
             self.config, sweep_dir, total=sum(len(b) for b in self.overrides), about=self.about()
         )
@@ -138,5 +166,7 @@ class StudySweeper(BasicSweeper):
                 initial_job_idx += len(batch)
                 returns.append(results)
         finally:
-            session.finish()
+            status = session.finish()
+        if status:  # failed cells, cells not run or not mirrored: the summary said which
+            sys.exit(status)
         return returns

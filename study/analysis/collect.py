@@ -1,0 +1,367 @@
+"""Stage ``collect``: the run records of a profile's sweeps -> three tidy tables.
+
+    python -m study.analysis.collect --profile standard
+
+reads ``multirun/<profile>/<sweep>/sweep.json`` for each sweep of ``study.profiles.SWEEPS``
+(the cells of the grid as it was last run, with their cell keys), loads each cell's
+``run.json`` and ``layers.parquet``, and writes
+
+- ``results/tables/runs.parquet``: one row per run (:data:`RUN_COLUMNS`);
+- ``results/tables/layers.parquet``: one row per run, probe step and layer, with the run's
+  axes repeated on every row (:data:`LAYER_COLUMNS`), so a plot needs no join;
+- ``results/tables/curves.parquet``: one row per run and evaluation of its training
+  (:data:`CURVE_COLUMNS`), the axes repeated likewise;
+- ``results/metrics/collect.json``: run counts by sweep and status (DVC metrics).
+
+Only the listed cells are gathered, and each record must carry the listed cell key: records
+of other grids, code or data versions left in the same folders are never mixed in. A sweep
+that did not complete, a missing record or a duplicated cell x seed stops the stage with one
+line saying what is wrong and how to fix it; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from study import records
+from study.config import (
+    LAYER_STATS,
+    Activation,
+    Curriculum,
+    Dataset,
+    Init,
+    Norm,
+    Optimizer,
+    Schedule,
+    Skip,
+)
+from study.profiles import SWEEPS, Profile
+from study.records import SUMMARY_COLUMNS, Status, write_table
+
+STATUSES = tuple(Status)
+
+
+def _categories(values) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype([str(v) for v in values], ordered=False)
+
+
+# Column -> dtype, in table order. The README ("Tables") documents every column.
+AXES: dict[str, Any] = {
+    "sweep": _categories(SWEEPS),
+    "depth": "int64",
+    "width": "int64",
+    "activation": _categories(Activation),
+    "init": _categories(Init),
+    "norm": _categories(Norm),
+    "skip": _categories(Skip),
+    "dropout": "float64",
+    "curriculum": _categories(Curriculum),
+    "seed": "int64",
+    "dataset": _categories(Dataset),
+    "input_scale": "float64",
+    "optimizer": _categories(Optimizer),
+    "lr": "float64",
+    "clip_norm": "float64",  # NaN: no clipping
+    "steps": "int64",
+    "cell_id": "string",  # the cell without its seed: what seeds replicate
+    "run_name": "string",
+    "status": _categories(STATUSES),
+}
+RUN_COLUMNS: dict[str, Any] = {
+    **AXES,
+    "profile": _categories(Profile),
+    "momentum": "float64",
+    "weight_decay": "float64",
+    "batch_size": "int64",
+    "residual_scale": "float64",
+    "highway_gate_bias": "float64",
+    "dense_growth": "int64",
+    "probe_batch_size": "int64",
+    "probe_schedule": _categories(Schedule),
+    "test_accuracy": "float64",
+    "test_loss": "float64",
+    "val_accuracy": "float64",
+    "val_loss": "float64",
+    "train_loss": "float64",
+    "train_split_accuracy": "float64",
+    "train_split_loss": "float64",
+    "steps_done": "Int64",
+    "diverged_at_step": "Int64",  # <NA>: did not diverge
+    "steps_to_target": "Int64",  # <NA>: never reached data.target_accuracy
+    **{
+        column: (
+            "boolean"
+            if "_first_last_censored_" in column
+            else "Int64"
+            if "_n_zero_" in column
+            else "float64"
+        )
+        for column in SUMMARY_COLUMNS
+    },
+    "wall_s": "float64",
+    "train_s": "float64",
+    "probe_s": "float64",
+    "error": "string",
+    "cell_key": "string",
+    "code_version": "string",
+    "git_commit": "string",
+    "data_sha256": "string",
+    "mlflow_run_id": "string",
+    "run_dir": "string",
+}
+LAYER_COLUMNS: dict[str, Any] = {
+    **AXES,
+    "step": "int64",
+    "layer": "int64",
+    **{stat: "float64" for stat in LAYER_STATS},
+}
+
+
+# The training curve of run.json: per evaluation, the mean training loss since the previous
+# one, the validation loss and accuracy, and (train.eval_train) the whole training split's
+# loss and accuracy, NaN where not measured.
+CURVE_STATS = ("train_loss", "val_loss", "val_accuracy", "train_split_loss",
+               "train_split_accuracy")  # fmt: skip
+CURVE_COLUMNS: dict[str, Any] = {
+    **AXES,
+    "step": "int64",
+    **{stat: "float64" for stat in CURVE_STATS},
+}
+
+
+class CollectError(Exception):
+    """The records cannot make a complete, consistent table; the message says why."""
+
+
+def cell_id(record: dict[str, Any]) -> str:
+    """Identity of a cell across seeds: the cell key of its config without the seed."""
+    config = {k: v for k, v in record["config"].items() if k != "seed"}
+    return records.cell_key(config, record["data"]["sha256"])
+
+
+def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str) -> dict:
+    """One row of runs.parquet from one run.json."""
+    config = record["config"]
+    model, optim, train, probe = (config[k] for k in ("model", "optim", "train", "probe"))
+    summary = record.get("summary") or {}
+    row = {
+        "sweep": sweep_name,
+        "depth": model["depth"],
+        "width": model["width"],
+        "activation": model["activation"],
+        "init": model["init"],
+        "norm": model["norm"],
+        "skip": model["skip"],
+        "dropout": model["dropout"],
+        "curriculum": train["curriculum"],
+        "seed": config["seed"],
+        "dataset": config["data"]["name"],
+        "input_scale": config["data"]["input_scale"],
+        "optimizer": optim["name"],
+        "lr": optim["lr"],
+        "clip_norm": optim["clip_norm"] if optim["clip_norm"] is not None else np.nan,
+        "steps": train["steps"],
+        "cell_id": cell_id(record),
+        "run_name": record["run_name"],
+        "status": record["status"],
+        "profile": profile,
+        "momentum": optim["momentum"],
+        "weight_decay": optim["weight_decay"],
+        "batch_size": train["batch_size"],
+        "residual_scale": model["residual"]["scale"],
+        "highway_gate_bias": model["highway"]["gate_bias"],
+        "dense_growth": model["dense"]["growth"],
+        "probe_batch_size": probe["batch_size"],
+        "probe_schedule": probe["schedule"],
+        **{k: (record.get("metrics") or {}).get(k) for k in _METRICS},
+        **{k: summary.get(k) for k in _SUMMARY},
+        **{k: (record.get("timings") or {}).get(k) for k in ("wall_s", "train_s", "probe_s")},
+        "error": record.get("error"),
+        "cell_key": record["cell_key"],
+        "code_version": record["code_version"],
+        "git_commit": record.get("git_commit"),
+        "data_sha256": record["data"]["sha256"],
+        "mlflow_run_id": None,  # from the cell's mlflow.json, by gather
+        "run_dir": run_dir,
+    }
+    return row
+
+
+_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss",
+            "train_split_accuracy", "train_split_loss")  # fmt: skip
+_SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", *SUMMARY_COLUMNS)
+
+
+def typed(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
+    """The frame with exactly ``columns``, in order, each cast to its declared dtype."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CollectError(f"internal: columns {missing} were not built")
+    out = frame[list(columns)].copy()
+    for name, dtype in columns.items():
+        if dtype in ("Int64", "boolean", "string"):
+            out[name] = out[name].astype("object").where(out[name].notna(), None).astype(dtype)
+        else:
+            out[name] = out[name].astype(dtype)
+    return out
+
+
+def read_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The cells of the sweep's last complete run, or CollectError saying what to do."""
+    info = records.read_sweep(sweep_dir)
+    if not info:
+        raise CollectError(f"{sweep_dir}: no sweep has run here (no {records.SWEEP_FILE})")
+    cells = info.get("cells")
+    if not info.get("complete") or cells is None:
+        ran = len(cells) if cells is not None else "not all"
+        raise CollectError(
+            f"{sweep_dir}: the last sweep did not complete ({ran} of {info.get('total')} "
+            "cells ran); rerun it (`dvc repro`) to finish"
+        )
+    return cells
+
+
+def curve_arrays(record: dict[str, Any]) -> dict[str, np.ndarray]:
+    curve = record.get("curve") or {}
+    out = {"step": np.asarray(curve.get("step", []), dtype=np.int64)}
+    for stat in CURVE_STATS:  # null in run.json: NaN (a diverged evaluation); absent: NaN
+        values = curve.get(stat, [None] * len(out["step"]))
+        out[stat] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    return out
+
+
+def gather(sweep_dir: Path, sweep_name: str, profile: str, root: Path):
+    """(run rows, per-run layer arrays, per-run curve arrays) of one sweep, checked against
+    its cell list."""
+    rows, layers, curves = [], [], []
+    for cell in read_sweep(sweep_dir):
+        where = sweep_dir / cell["dir"] if cell.get("dir") else None
+        record = records.read_run(where) if where is not None else None
+        if record is None:
+            raise CollectError(
+                f"{sweep_dir}: cell {cell['run_name']} ({cell['status']}) has no record"
+                + (f" in {where}" if where else f": {cell.get('error')}")
+                + f"; redo it: `dvc repro --force --single-item sweep@{sweep_name}`"
+            )
+        if record.get("cell_key") != cell["cell_key"]:
+            raise CollectError(
+                f"{where}: record has cell key {record.get('cell_key')}, the sweep ran "
+                f"{cell['cell_key']}: the folder changed after the sweep; redo it: "
+                f"`dvc repro --force --single-item sweep@{sweep_name}`"
+            )
+        if record["status"] not in STATUSES:
+            raise CollectError(f"{where}: unknown status {record['status']!r}")
+        try:
+            rows.append(run_row(record, sweep_name, profile, _relative(where, root)))
+            rows[-1]["mlflow_run_id"] = (records.read_mirror(where) or {}).get("run_id")
+        except KeyError as exc:
+            raise CollectError(
+                f"{where}: record has no {exc.args[0]!r} (written by older code, version "
+                f"{record.get('code_version')}); rerun the sweep (`dvc repro`)"
+            ) from None
+        table = pq.read_table(where / records.LAYERS_FILE)
+        layers.append({c: table.column(c).to_numpy() for c in ("step", "layer", *LAYER_STATS)})
+        curves.append(curve_arrays(record))
+    return rows, layers, curves
+
+
+def _relative(path: Path, root: Path) -> str:
+    path = path.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def build(sweep_dirs: dict[str, Path], profile: str, root: Path):
+    """(runs, layers, curves) tables of the given sweeps, validated."""
+    rows: list[dict] = []
+    per_run: list[dict[str, np.ndarray]] = []
+    per_curve: list[dict[str, np.ndarray]] = []
+    for name, sweep_dir in sweep_dirs.items():
+        r, ly, cv = gather(sweep_dir, name, profile, root.resolve())
+        rows += r
+        per_run += ly
+        per_curve += cv
+    if not rows:
+        raise CollectError("no runs to collect: the sweeps list no cells")
+    runs = typed(pd.DataFrame(rows), RUN_COLUMNS)
+    duplicated = runs.duplicated(["sweep", "cell_id", "seed"], keep=False)
+    if duplicated.any():
+        names = ", ".join(runs.loc[duplicated, "run_name"].head(4))
+        raise CollectError(f"the same cell and seed was recorded twice: {names}")
+
+    layers = long_table(runs, per_run, ("step", "layer", *LAYER_STATS), LAYER_COLUMNS)
+    curves = long_table(runs, per_curve, ("step", *CURVE_STATS), CURVE_COLUMNS)
+    return runs, layers, curves
+
+
+def long_table(runs: pd.DataFrame, per_run: list[dict[str, np.ndarray]], names: tuple[str, ...],
+               columns: dict[str, Any]) -> pd.DataFrame:  # fmt: skip
+    """Per-run arrays stacked into one table, each row with its run's axes."""
+    lengths = np.array([len(arrays["step"]) for arrays in per_run], dtype=np.int64)
+    run_index = np.repeat(np.arange(len(runs)), lengths)
+    data = {axis: runs[axis].to_numpy()[run_index] for axis in AXES}
+    for name in names:
+        data[name] = np.concatenate([arrays[name] for arrays in per_run])
+    return typed(pd.DataFrame(data), columns)
+
+
+def counts(runs: pd.DataFrame) -> dict[str, Any]:
+    """Runs by sweep and status: the stage's DVC metrics."""
+
+    def by_status(frame: pd.DataFrame) -> dict[str, int]:
+        c = Counter(frame["status"].astype(str))
+        return {"runs": len(frame), **{s: c[s] for s in STATUSES}}
+
+    out: dict[str, Any] = {"all": by_status(runs)}
+    for name in runs["sweep"].cat.categories:
+        part = runs[runs["sweep"] == name]
+        if len(part):
+            out[name] = by_status(part)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m study.analysis.collect", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--profile", default="standard", help="quick | standard | full")
+    parser.add_argument("--multirun", type=Path, default=Path("multirun"), help="sweeps' root")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results' root")
+    args = parser.parse_args(argv)
+    if args.profile not in list(Profile):
+        fail(f"--profile: invalid value '{args.profile}', expected one of: "
+             f"{', '.join(Profile)}")  # fmt: skip
+    sweep_dirs = {name: args.multirun / args.profile / name for name in SWEEPS}
+    try:
+        runs, layers, curves = build(sweep_dirs, args.profile, Path.cwd())
+    except CollectError as exc:
+        fail(str(exc))
+    metrics = counts(runs)
+    write_table(runs, args.out / "tables" / "runs.parquet")
+    write_table(layers, args.out / "tables" / "layers.parquet")
+    write_table(curves, args.out / "tables" / "curves.parquet")
+    records.write_json(args.out / "metrics" / "collect.json", metrics)
+    per_sweep = ", ".join(
+        f"{name} {m['runs']} ({m['finished']} finished, {m['diverged']} diverged, "
+        f"{m['failed']} failed)"
+        for name, m in metrics.items()
+        if name != "all"
+    )
+    print(f"collect: {len(runs)} runs, {len(layers)} layer rows, {len(curves)} curve rows: "
+          f"{per_sweep} -> {args.out}/tables")  # fmt: skip
+
+
+def fail(message: str) -> None:
+    print(f"study.analysis.collect: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

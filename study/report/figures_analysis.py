@@ -1,0 +1,319 @@
+"""The figures drawn from the analysis stage's outputs (``results/analysis/``): theory
+against measurement, the decay-rate heatmaps, trainable depth and the claims' forest plot.
+``study.report.figures`` runs them with the figures drawn from the tables."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+from study.engine import nets
+from study.report.figures_tables import deepest
+from study.report.style import (
+    ACTIVATION_COLORS,
+    ACTIVATION_LABELS,
+    COLUMN,
+    FULL,
+    INIT_LABELS,
+    LEVELS,
+    VERDICT_COLORS,
+    facet_labels,
+    label,
+    no_data,
+    present,
+)
+
+DISAGREE = {  # what the cells that miss mean field are (README "Theory against measurement")
+    "residual, non-saturating": ("#C0392B", "X"),
+    "other": ("#7B3294", "^"),
+}
+FOREST_LIMIT = 1.6  # x-axis half width of the forest, in units of each row's scale
+
+
+# ------------------------------------------------------------------- theory vs measured
+
+
+def theory_rows(decay: pd.DataFrame) -> pd.DataFrame:
+    """Cells with a finite prediction; ``reference`` is the finite-batch one where it exists."""
+    reference = decay["theory_rate_finite_batch"].fillna(decay["theory_rate"])
+    ok = np.isfinite(reference.astype(float)) & np.isfinite(decay["signal_rate"].astype(float))
+    return decay[ok].assign(reference=reference[ok].astype(float))
+
+
+def _disagreement(rows: pd.DataFrame) -> pd.Series:
+    saturating = set(nets.family("saturating"))
+    kind = np.where((rows["skip"].astype(str) == "residual")
+                    & ~rows["activation"].astype(str).isin(saturating),
+                    "residual, non-saturating", "other")  # fmt: skip
+    return pd.Series(np.where(rows["agrees"].fillna(True).astype(bool), "agrees", kind),
+                     index=rows.index)  # fmt: skip
+
+
+def theory_vs_measured(decay: pd.DataFrame) -> Figure:
+    """Measured against predicted per-layer gradient ratio, 10**rate, of every cell with a
+    mean-field prediction (the finite-batch one for batch norm); bars: 95% t-intervals
+    over seeds; the band is the 10% agreement that ``analyze`` counts."""
+    rows = theory_rows(decay)
+    fig, ax = plt.subplots(figsize=(COLUMN, 3.1))
+    if rows.empty:
+        no_data(ax)
+        return fig
+    x, y = 10 ** rows["reference"], 10 ** rows["signal_rate"]
+    lo, hi = 10 ** rows["signal_rate_low"], 10 ** rows["signal_rate_high"]
+    span = np.array([min(x.min(), lo.min(skipna=True), y.min()),
+                     max(x.max(), hi.max(skipna=True), y.max())])  # fmt: skip
+    span = span * np.array([0.85, 1.15])
+    line = np.geomspace(*span, 50)
+    ax.fill_between(line, 0.9 * line, 1.1 * line, color="#DDDDDD", lw=0, label="±10%")
+    ax.plot(line, line, color="black", lw=0.7, label="measured = predicted")
+    kind = _disagreement(rows)
+    styles = {"agrees": ("#4477AA", "o"), **DISAGREE}
+    for name, (color, marker) in styles.items():
+        pick = (kind == name).to_numpy()
+        if not pick.any():
+            continue
+        yerr = np.vstack([(y - lo)[pick].fillna(0), (hi - y)[pick].fillna(0)])
+        ax.errorbar(x[pick], y[pick], yerr=yerr, fmt="none", ecolor=color, elinewidth=0.4,
+                    alpha=0.5)  # fmt: skip
+        text = "agrees within 10%" if name == "agrees" else f"disagrees: {name}"
+        ax.scatter(x[pick], y[pick], s=9 if name == "agrees" else 16, c=color, marker=marker,
+                   lw=0, alpha=0.6 if name == "agrees" else 0.9,
+                   label=f"{text} ({int(pick.sum())})")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlim=span, ylim=span)
+    _plain_log_ticks(ax, span)
+    ax.set_xlabel("predicted per-layer gradient ratio (mean field)")
+    ax.set_ylabel("measured per-layer gradient ratio")
+    ax.legend(loc="upper left", fontsize=6, handletextpad=0.3)
+    return fig
+
+
+def _plain_log_ticks(ax, span) -> None:
+    """Log axes over less than a decade or two read better as plain numbers (0.5, 1, 2)."""
+    ticks = [t for t in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50)
+             if span[0] <= t <= span[1]]  # fmt: skip
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+# ---------------------------------------------------------------------------- heatmaps
+
+
+def _annotation(value: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    text = f"{value:.2f}".replace("0.", ".")
+    return "0" if text in (".00", "-.00") else text.replace("-", "\N{MINUS SIGN}")
+
+
+def heatmap_rows(decay: pd.DataFrame) -> pd.DataFrame:
+    return deepest(decay[decay["sweep"] == "init"])
+
+
+def rate_heatmaps(decay: pd.DataFrame) -> Figure:
+    """The mean per-layer signal-gradient rate at initialization (init sweep, deepest depth)
+    per activation x init, one panel per norm x skip, on one colour scale centred at 0
+    (blue: vanishing toward the input, red: exploding)."""
+    rows = heatmap_rows(decay)
+    norms, skips = present(rows, "norm") or [""], present(rows, "skip") or [""]
+    acts, inits = present(rows, "activation"), present(rows, "init")
+    fig, axes = plt.subplots(len(norms), len(skips), squeeze=False, sharex=True, sharey=True,
+                             figsize=(FULL, 0.35 + (0.18 * max(len(acts), 2) + 0.2) * len(norms)
+                                      + 0.6 + 0.06 * max(map(len, inits), default=0)))  # fmt: skip
+    limit = float(np.nanmax(np.abs(rows["signal_rate"]))) if len(rows) else 1.0
+    scale = Normalize(-limit, limit)
+    image = None
+    for i, norm in enumerate(norms):
+        for j, skip in enumerate(skips):
+            ax = axes[i, j]
+            cells = rows[(rows["norm"] == norm) & (rows["skip"] == skip)]
+            if cells.empty:
+                no_data(ax)
+                continue
+            grid = (cells.pivot_table(index="activation", columns="init", values="signal_rate",
+                                      aggfunc="mean", observed=True)
+                    .reindex(index=acts, columns=inits).to_numpy(dtype=float))  # fmt: skip
+            image = ax.imshow(grid, cmap="RdBu_r", norm=scale, aspect="auto")
+            for (r, c), value in np.ndenumerate(grid):
+                dark = np.isfinite(value) and abs(value) > 0.55 * limit
+                ax.text(c, r, _annotation(value), ha="center", va="center", fontsize=5.5,
+                        color="white" if dark else "black")  # fmt: skip
+            ax.set_xticks(range(len(inits)), [INIT_LABELS[k] for k in inits], rotation=90)
+            ax.set_yticks(range(len(acts)), [label("activation", a) for a in acts])
+            ax.tick_params(length=0)
+            ax.spines[:].set_visible(False)
+    facet_labels(axes, [label("norm", n) for n in norms], [label("skip", s) for s in skips])
+    if image is not None:
+        fig.colorbar(image, ax=axes, location="bottom", shrink=0.45, aspect=40, pad=0.02,
+                     label="per-layer log10 gradient ratio (decades/layer)")  # fmt: skip
+    return fig
+
+
+# ---------------------------------------------------------------------- trainable depth
+
+
+def trainable_rows(trainable: pd.DataFrame) -> pd.DataFrame:
+    rows = trainable[(trainable["norm"] == "none") & (trainable["skip"] == "none")]
+    order = {name: k for k, name in enumerate((*LEVELS["activation"], *LEVELS["init"]))}
+    key = rows["activation"].astype(str).map(order) * 100 + rows["init"].astype(str).map(order)
+    return rows.assign(_order=key).sort_values("_order").drop(columns="_order")
+
+
+def trainable_depth(trainable: pd.DataFrame) -> Figure:
+    """Plain nets: the first depth of the train sweep that fails to train, beside 6 xi_c,
+    mean field's trainable depth (Schoenholz et al.); "> max" where none fails in the grid,
+    "edge of chaos" where xi_c is infinite, "undefined" where the variance map has no
+    fixed point."""
+    rows = trainable_rows(trainable)
+    fig, ax = plt.subplots(figsize=(COLUMN, 0.9 + 0.17 * max(len(rows), 3)))
+    if rows.empty:
+        no_data(ax)
+        return fig
+    depths = [int(d) for text in rows["depths"] for d in str(text).split(",") if d]
+    top = max(depths)
+    right = 40 * top  # room at the right for the texts
+    ax.axvspan(min(depths), top, color="#EEEEEE", lw=0)
+    for k, row in enumerate(rows.itertuples()):
+        color = ACTIVATION_COLORS[str(row.activation)]
+        fails = row.fails_at
+        if pd.isna(fails):
+            ax.plot(top, k, ">", color=color, ms=5)
+            ax.text(top * 1.15, k, f"> {top}", va="center", fontsize=6)
+        else:
+            ax.plot(int(fails), k, "o", color=color, ms=5)
+        xi = float(row.six_xi_c)
+        if np.isfinite(xi):
+            ax.plot(xi, k, "D", mfc="none", mec="black", ms=4, mew=0.7)
+        else:
+            note = "edge of chaos" if np.isinf(xi) else r"$\xi_c$ undefined"
+            ax.text(right / 1.1, k, note, va="center", ha="right", fontsize=6, color="#444444")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(1, right)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    names = [f"{label('activation', a)}, {label('init', i)}"
+             for a, i in zip(rows["activation"], rows["init"], strict=True)]  # fmt: skip
+    ax.set_yticks(range(len(rows)), names)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("depth (hidden blocks)")
+    handles = [Line2D([], [], ls="", marker="o", color="#555555", label="first depth that fails"),
+               Line2D([], [], ls="", marker="D", mfc="none", mec="black",
+                      label=r"6$\xi_c$ (mean field)"),
+               Patch(color="#EEEEEE", label="depths trained")]  # fmt: skip
+    fig.legend(handles=handles, loc="outside upper center", ncol=3)
+    return fig
+
+
+# ------------------------------------------------------------------------ claims forest
+
+
+def _claim_number(claim: str) -> int:
+    digits = re.sub(r"\D", "", str(claim))
+    return int(digits) if digits else 0
+
+
+def shorten(stratum: str) -> str:
+    """A stratum as a row label: "norm=none, skip=none, family=relu" -> "plain, ReLU family"."""
+    text = str(stratum).replace("norm=none, skip=none", "plain")
+    text = re.sub(r"family=(\w+)", r"\1 family", text)
+    for key in ("activation in ", "activation=", "init="):
+        text = text.replace(key, "")
+    text = re.sub(r"init_quality=(\w+)", r"\1 initialized", text).replace(">=", " ≥ ")
+    names = {**ACTIVATION_LABELS, **INIT_LABELS}
+    return re.sub(r"\b[a-z_]+\b", lambda m: names.get(m.group(0), m.group(0)), text) or "all"
+
+
+def forest_rows(claims: pd.DataFrame) -> pd.DataFrame:
+    rows = claims[claims["carries_verdict"].fillna(False).astype(bool)]
+    return rows.assign(_n=rows["claim"].map(_claim_number)).sort_values("_n", kind="stable")
+
+
+def _terms(stratum: str) -> set[str]:
+    return set(re.split(r"[;,]\s*", str(stratum)))
+
+
+def _secondaries(claims: pd.DataFrame, targets: pd.DataFrame) -> dict[object, list[float]]:
+    """Each secondary row goes beneath the target row of its part whose stratum it shares
+    most ``key=value`` terms with (the first on a tie)."""
+    out: dict[object, list[float]] = {}
+    for row in claims[claims["role"] == "secondary"].itertuples():
+        mine = targets[(targets["part"] == row.part) & (targets["unit"] == row.unit)]
+        if mine.empty or not np.isfinite(row.effect):
+            continue
+        theirs = _terms(row.stratum)
+        overlap = mine["stratum"].map(lambda s, theirs=theirs: len(_terms(s) & theirs))
+        out.setdefault(overlap.idxmax(), []).append(float(row.effect))
+    return out
+
+
+def _tested(row) -> bool:
+    bounds = np.array([row.effect, row.effect_low, row.effect_high], dtype=float)
+    return row.verdict != "not tested" and np.isfinite(bounds).all() and np.ptp(bounds) > 0
+
+
+def claims_forest(claims: pd.DataFrame) -> Figure:
+    """Every target row of every claim. Rows are in different units, so each is divided by
+    its own scale, max(|low|, |high|, |null|), and signed by its direction: the claim holds
+    to the right of the row's null (|). The true numbers are printed beside each row. Grey
+    dots beneath a row: its secondary strata on the same scale (at the edge if beyond)."""
+    targets = forest_rows(claims)
+    fig = plt.figure(figsize=(FULL, 1.0 + 0.155 * max(len(targets), 3)))
+    if targets.empty:
+        no_data(fig.add_subplot())
+        return fig
+    ax, side = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.0, 0.8]})
+    below = _secondaries(claims, targets)
+    ax.axvline(0, color="#DDDDDD", lw=0.6, zorder=0)
+    for k, (index, row) in enumerate(targets.iterrows()):
+        color = VERDICT_COLORS.get(row.verdict, VERDICT_COLORS["not tested"])
+        if not _tested(row):
+            ax.text(0, k, "not tested", ha="center", va="center", fontsize=6.5, color="#666666",
+                    style="italic")  # fmt: skip
+            note = str(row.note).removeprefix("not tested: ")
+            side.text(0, k, note if len(note) <= 58 else note[:57] + "…", va="center",
+                      fontsize=6, color="#666666")  # fmt: skip
+            continue
+        sign = -1.0 if row.direction < 0 else 1.0
+        scale = max(abs(row.effect_low), abs(row.effect_high), abs(row.null))
+        lo, hi = sorted(sign * np.array([row.effect_low, row.effect_high]) / scale)
+        ax.plot([lo, hi], [k, k], color=color, lw=1.4, solid_capstyle="butt")
+        ax.plot(sign * row.effect / scale, k, "o", color=color, ms=3.5)
+        ax.plot(sign * row.null / scale, k, "|", color="black", ms=6, mew=0.8)
+        others = sign * np.array(below.get(index, [])) / scale
+        inside = np.abs(others) < FOREST_LIMIT
+        edge = np.clip(others[~inside], -0.97 * FOREST_LIMIT, 0.97 * FOREST_LIMIT)
+        ax.scatter(others[inside], np.full(inside.sum(), k + 0.38), s=3, color="#AAAAAA", lw=0)
+        ax.scatter(edge, np.full(len(edge), k + 0.38), s=6, color="#AAAAAA", lw=0,
+                   marker=">" if len(edge) and edge[0] > 0 else "<")  # fmt: skip
+        side.text(0, k, f"{row.effect:+.3g} [{row.effect_low:+.3g}, {row.effect_high:+.3g}] "
+                  f"{row.unit}, n = {row.n}", va="center", fontsize=6)  # fmt: skip
+    claim_ids = targets["claim"].to_numpy()
+    for k in np.flatnonzero(claim_ids[1:] != claim_ids[:-1]):
+        for a in (ax, side):
+            a.axhline(k + 0.69, color="#CCCCCC", lw=0.4)
+    names = [f"{p}: {shorten(s)}" if s else str(p)
+             for p, s in zip(targets["part"], targets["stratum"], strict=True)]  # fmt: skip
+    ax.set_yticks(range(len(targets)), names)
+    ax.tick_params(axis="y", labelsize=6.5, length=0)
+    ax.set_ylim(len(targets) - 0.3, -0.7)
+    ax.set_xlim(-FOREST_LIMIT, FOREST_LIMIT)
+    ax.set_xlabel("effect ÷ row scale (claim's side: right of the null |)")
+    side.set_xlim(0, 1)
+    side.axis("off")
+    handles = [
+        Line2D([], [], ls="", marker="o", color=VERDICT_COLORS[v], label=v)
+        for v in present(targets, "verdict")
+        if v != "not tested"  # drawn as words, not as a marker
+    ]
+    handles += [Line2D([], [], ls="", marker="o", ms=2, color="#AAAAAA", label="secondary"),
+                Line2D([], [], ls="", marker="|", color="black", label="null")]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
+    return fig
