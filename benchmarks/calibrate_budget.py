@@ -34,9 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import compose_config  # noqa: E402
 
-from study import train  # noqa: E402
+from study import data as datasets  # noqa: E402
 from study.config import Config  # noqa: E402
 from study.engine import loop  # noqa: E402
+from study.runs import cell  # noqa: E402
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu")
 INITS = ("xavier_normal", "kaiming_normal")
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     for act, norm, skip in itertools.product(ACTIVATIONS, ("none", "batch", "layer"),
                                              ("none", "residual")):  # fmt: skip
         cfgs = configs(act, norm, skip, reference, args.reference_steps, args.seeds)
-        splits = splits or train.load_data(cfgs[0].data)
-        cells = [train.Cell(cfg, {}, "", Path(".")) for cfg in cfgs]
-        outcomes = loop.run(train.build_stack(cells, splits, DEVICE), splits, cfgs, DEVICE)
+        splits = splits or datasets.load_cached(cfgs[0].data)
+        cells = [cell.Cell(cfg, {}, "", Path(".")) for cfg in cfgs]
+        outcomes = loop.run(cell.build_stack(cells, splits, DEVICE), splits, cfgs, DEVICE)
         runs = [(cfg, out.curve) for cfg, out in zip(cfgs, outcomes, strict=True)]
         for init in INITS:
             at_budget = best(runs, init, rates, steps)

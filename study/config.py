@@ -11,7 +11,9 @@ import dataclasses
 import enum
 import functools
 import math
+import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,11 @@ class ModelConfig:
     # the skip); evaluation and probes run without it.
     dropout: float = 0.0
 
+    def block_width(self) -> int:
+        """The units a block outputs: the stream's width, or for dense nets the ``growth`` it
+        appends to the concatenation."""
+        return self.dense.growth if self.skip == Skip.dense else self.width
+
 
 @dataclass
 class OptimConfig:
@@ -167,6 +174,12 @@ class TrainConfig:
     # Also the whole training split's loss and accuracy at each evaluation (learning curves
     # of the generalization gap); at the end of training it is always measured.
     eval_train: bool = False
+    # The plateau: `patience` evaluations in a row without the validation loss improving on
+    # its best by more than `min_delta` (relative). Recorded per run (plateau_at_step; none:
+    # still improving at the end); with `early_stop` the run stops there. 0: no criterion.
+    patience: int = 5
+    min_delta: float = 0.01
+    early_stop: bool = False
     curriculum: Curriculum = Curriculum.none
     device: Device = Device.auto
     threads: int = 1  # torch intra-op threads; sweeps run one worker per core
@@ -205,6 +218,12 @@ class Config:
     # Refuse a run whose estimated memory exceeds what the machine has available
     # (study.engine.memory); false: try anyway. Not part of the cell (records.cell_key).
     memory_check: bool = True
+
+
+# The keys that may differ between the nets of one stack (study.engine.stack; the sweep
+# launchers' default ``group_over``, plus the run name made from them): each net draws its
+# own init and keeps its own learning rate, dropout rate and masks, and batches.
+STACKABLE = ("seed", "run_name", "model.init", "optim.lr", "model.dropout", "train.curriculum")
 
 
 class ConfigError(ValueError):
@@ -271,6 +290,13 @@ def validate(cfg: Config) -> None:
     _require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
     _require(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
     _require(t.eval_every >= 1, "train.eval_every", f"must be >= 1, got {t.eval_every}")
+    _require(t.patience >= 0, "train.patience", f"must be >= 0 (0: no plateau), got {t.patience}")
+    _require(0 <= t.min_delta < 1, "train.min_delta", f"must be in [0, 1), got {t.min_delta}")
+    _require(
+        not t.early_stop or t.patience > 0,
+        "train.early_stop",
+        "needs a plateau to stop at: set train.patience > 0",
+    )
     _require(t.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {t.threads}")
     _require(p.batches >= 1, "probe.batches", f"must be >= 1, got {p.batches}")
     # Batch norm needs two examples to have a batch variance.
@@ -292,6 +318,17 @@ def validate(cfg: Config) -> None:
         "data.target_accuracy",
         f"must be in (0, 1], got {d.target_accuracy}",
     )
+
+
+def interruptible(prog: str, main: Callable[[], Any]) -> None:
+    """Run an entry point's ``main``; Ctrl-C (or DVC passing one on) ends it with one line
+    and status 130 instead of a traceback. Whatever the stage writes is atomic, so nothing
+    is left half-written."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def as_dict(cfg: Any) -> Any:

@@ -27,6 +27,7 @@ from study.config import (
     ConfigError,
     DataConfig,
     Dataset,
+    interruptible,
     prepared_path,
     validate,
 )
@@ -284,4 +285,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible("study.data", main)

@@ -18,12 +18,12 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -44,10 +44,11 @@ CELL_MODULE = "study.runs.cell"
 
 
 def run_modules() -> list[Path]:
-    """The files a cell's numbers come from: :data:`CELL_MODULE` and what it imports."""
+    """The files a cell's numbers come from: :data:`CELL_MODULE` and what it imports (less
+    ``study/imports.py``, which finds them: it decides which files count, not any number)."""
     from study import imports
 
-    return imports.closure([CELL_MODULE])
+    return [p for p in imports.closure([CELL_MODULE]) if p != Path(imports.__file__).resolve()]
 
 
 class Status(enum.StrEnum):
@@ -145,6 +146,9 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def write_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa  # here, not at the top: bad input is refused without loading it
+    import pyarrow.parquet as pq
+
     table = pa.table({name: pa.array(values) for name, values in columns.items()})
     # A record's table has a few hundred rows: column statistics and dictionaries (for
     # skipping row groups of big files) cost a fifth of the write and buy nothing here.
@@ -169,6 +173,9 @@ def read_sweep(sweep_dir: Path) -> dict[str, Any]:
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """``frame`` (without its index) as parquet at ``path``, atomically; same data, same bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(frame, preserve_index=False)
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 

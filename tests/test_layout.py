@@ -3,7 +3,6 @@ no circles, and DVC stages whose deps cover every module their entry runs."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,7 @@ LAYERS = ("study", "study.engine", "study.tracking", "study.runs", "study.analys
 CORE = {"__init__", "config", "records", "data", "profiles", "imports"}
 # The command users type (Hydra finds conf/ from it); its code is study.runs.train.
 COMMANDS = {"train"}
-# Hydra imports every module of its plugin folder when a sweep starts.
-PLUGINS = sorted(
-    f"hydra_plugins.study_sweeps.{p.stem}"
-    for p in (ROOT / "hydra_plugins" / "study_sweeps").glob("*.py")
-    if p.stem != "__init__"
-)
+PLUGINS = imports.plugins()
 
 
 def modules() -> list[str]:
@@ -136,13 +130,6 @@ def stages() -> dict[str, dict]:
     return out
 
 
-def entries(cmd: str) -> list[str]:
-    """The modules a stage's command runs: its ``python -m`` entry, and Hydra's plugins for
-    a sweep."""
-    [entry] = re.findall(r"python -m ([\w.]+)", cmd)
-    return [entry, *PLUGINS] if entry == "study.train" else [entry]
-
-
 def code_paths(deps: list) -> list[Path]:
     """A stage's deps that are the project's code (files or folders)."""
     paths = [ROOT / str(d).split("#")[0].strip() for d in deps if isinstance(d, str)]
@@ -155,7 +142,7 @@ def uncovered(deps: list, cmd: str) -> list[str]:
     paths = code_paths(deps)
     return [
         file.relative_to(ROOT).as_posix()
-        for file in imports.closure(entries(cmd))
+        for file in imports.closure(imports.entries(cmd))
         if not any(file == p or p in file.parents for p in paths)
     ]
 
@@ -163,7 +150,7 @@ def uncovered(deps: list, cmd: str) -> list[str]:
 def unused(deps: list, cmd: str) -> list[str]:
     """Code the stage depends on that its entry never imports (a folder counts only if its
     entry imports every module in it): an edit there would rerun the stage for nothing."""
-    run = set(imports.closure(entries(cmd)))
+    run = set(imports.closure(imports.entries(cmd)))
     out = []
     for path in code_paths(deps):
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
@@ -172,23 +159,19 @@ def unused(deps: list, cmd: str) -> list[str]:
     return out
 
 
-def exact_deps(cmd: str) -> list[str]:
-    """The code deps a stage should list: whole folders where it runs all of them."""
-    run = set(imports.closure(entries(cmd)))
-    out = set()
-    for file in run:
-        folder = file.parent
-        whole = folder != ROOT / "study" and set(folder.glob("*.py")) <= run
-        out.add((folder if whole else file).relative_to(ROOT).as_posix())
-    return sorted(out)
-
-
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_each_stage_depends_on_every_module_its_entry_imports_and_no_other(name):
     stage = stages()[name]
-    expected = "\n".join(f"- {d}" for d in exact_deps(stage["cmd"]))
-    assert uncovered(stage["deps"], stage["cmd"]) == [], f"{name}'s code deps:\n{expected}"
-    assert unused(stage["deps"], stage["cmd"]) == [], f"{name}'s code deps:\n{expected}"
+    fix = "stale: run python -m study.imports"
+    assert uncovered(stage["deps"], stage["cmd"]) == [], fix
+    assert unused(stage["deps"], stage["cmd"]) == [], fix
+
+
+def test_the_deps_writer_writes_what_the_check_wants():
+    text = imports.DVC_FILE.read_text()
+    assert imports.updated_dvc(text) == text  # what the writer would write is there
+    stale = text.replace("      - study/analysis/comparisons.py\n", "", 1)
+    assert stale != text and imports.updated_dvc(stale) == text
 
 
 def test_dropping_a_module_from_a_stage_fails_the_check():

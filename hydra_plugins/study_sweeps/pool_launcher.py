@@ -10,6 +10,7 @@ running; a fresh one replaces it. The parent prints a progress line as jobs comp
 cells done / total, failures, elapsed, ETA.
 """
 
+import importlib
 import logging
 import os
 import pickle
@@ -29,8 +30,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from study.config import ConfigError
-from study.runs.cell import STACKABLE
+from study.config import STACKABLE, ConfigError
 
 # _WORKER too: benchmarks/bench_sweep.py drives a worker in-process through this module.
 from study.runs.pool import START_METHODS, Pool
@@ -276,6 +276,8 @@ class PoolLauncher(Launcher):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(self.threads_per_worker))
         payload = worker_payload(self.hydra_context, self.task_function, templates)
+        if group_task:  # imported before the workers fork, so that they start with it (torch)
+            importlib.import_module(group_task.split(":")[0])
 
         results: list[JobReturn | None] = [None] * len(jobs)
         progress = Progress(len(jobs), self.progress_every_s)

@@ -27,8 +27,6 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import DictConfig, OmegaConf
 
-from study.runs import jobs
-
 from ._workers import run_task
 from .compose import GroupConfigs
 from .pool_launcher import GroupingConf, Plan, Progress, failed, outcome, plan, worker_payload
@@ -102,6 +100,8 @@ class SlurmLauncher(Launcher):
         p = plan(self.hydra_context, self.config, job_overrides, initial_job_idx, self.grouping)
         results: list[JobReturn | None] = [None] * len(p.jobs)
         progress = Progress(len(p.jobs), self.progress_every_s)
+        from study.runs import jobs  # torch and MLflow: only once a SLURM sweep launches
+
         specs = job_specs(p)
         for i, spec in enumerate(specs):  # already answered: nothing to queue
             if (cell := jobs.recorded(*spec)) is not None:
@@ -140,6 +140,8 @@ class SlurmLauncher(Launcher):
 
     def _wait(self, p: Plan, specs, chunks, tasks, results, progress) -> None:
         import submitit
+
+        from study.runs import jobs
 
         which = {id(task): chunk for task, chunk in zip(tasks, chunks, strict=True)}
         for task in submitit.helpers.as_completed(tasks, poll_frequency=self.poll_s):

@@ -31,8 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import Config, ConfigError, validate
 from study.data import load_cached, require_prepared
 from study.engine import memory
-from study.runs import sweep as bookkeeping
-from study.tracking import experiment, uri
+from study.tracking import uri
 
 from .compose import Planner, task_view
 from .pool_launcher import outcome
@@ -126,8 +125,11 @@ class StudySweeper(BasicSweeper):
             typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
             memory.check(typed, load_cached(typed.data))
 
-    def about(self) -> experiment.About:
-        """How the sweep was asked for: what its MLflow parent run and experiment show."""
+    def about(self) -> Any:
+        """How the sweep was asked for: what its MLflow parent run and experiment show
+        (``study.tracking.experiment.About``)."""
+        from study.tracking import experiment
+
         assert self.config is not None
         hydra = self.config.hydra
         axes = set(self.params or {}) | {k for grid in self.grids for k in grid}
@@ -139,6 +141,10 @@ class StudySweeper(BasicSweeper):
         )  # fmt: skip
 
     def sweep(self, arguments: list[str]) -> Any:
+        # MLflow (and through it SQLAlchemy) only once a sweep starts: Hydra imports every
+        # plugin module for every run, and a single run or bad input need none of it.
+        from study.runs import sweep as bookkeeping
+
         assert self.config is not None and self.launcher is not None
         self.overrides = self.jobs(arguments)
         for batch in self.overrides:  # all of it, before any work

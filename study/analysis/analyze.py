@@ -35,6 +35,7 @@ import pandas as pd
 
 from study import records
 from study.analysis import claims, outcomes, stats, theory, verdicts
+from study.config import interruptible
 from study.records import Status, summary_column, write_table
 
 AGREEMENT = 0.10  # measured vs predicted per-layer gradient ratio: "agrees" within 10%
@@ -261,4 +262,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible("study.analysis.analyze", main)

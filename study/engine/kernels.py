@@ -25,6 +25,8 @@ import logging
 import os
 from pathlib import Path
 
+from study.config import ConfigError, Device
+
 log = logging.getLogger(__name__)
 
 ENV = "MKL_CBWR"
@@ -64,6 +66,23 @@ def strict_blas() -> bool | None:
         ENV, MODE, ENV, MODE,
     )  # fmt: skip
     return False
+
+
+def resolve_device(device: Device):
+    """The torch device ``train.device`` names; CUDA asked for but absent is bad input."""
+    import torch
+
+    if device is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("train.device", "cuda requested but no CUDA device is available")
+    return torch.device(str(device))
+
+
+def check_device(device: Device) -> None:
+    """:func:`resolve_device`'s refusal, without importing torch where no GPU is asked for."""
+    if device is Device.cuda:
+        resolve_device(device)
 
 
 def request() -> None:

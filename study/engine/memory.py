@@ -1,27 +1,30 @@
 """What a net needs in memory, estimated from its shape before it is built, so that a run
 too big for the machine is refused in one line instead of being killed by the kernel.
 
-The estimate counts float32 tensors: the parameters with their gradient, optimizer state
-and the probe's copy (:data:`PARAMETER_COPIES`), a training step's activations (each block
-keeps about :data:`STEP_TENSORS` tensors of the batch's size for the backward pass; a dense
-block also keeps the concatenation it read), a probe's (the same, at the probe's batch size
-and ``probe.batches`` times), and an evaluation over the largest split (no graph: a few
-tensors of the split's size at a time). Measured against the peak resident memory of real
-runs (tests/test_memory.py), it errs on the high side by at most a factor of three.
+The estimate counts float32 tensors: the parameters with their gradients, the optimizer's
+state and the probe's copies (:data:`PARAMETER_COPIES`), a training step's activations
+(each block keeps about :data:`STEP_TENSORS` tensors of the batch's size for the backward
+pass; a dense block also keeps the concatenation it read), a probe's (the same, at the
+probe's batch size and ``probe.batches`` times), and an evaluation over the largest split
+(no graph: a few tensors of the split's size at a time), beside what Python and torch take
+(:data:`FIXED`). Against the peak resident memory of real runs of very different shapes
+(tests/test_memory.py) it is above the peak, by a factor of 1.1 to 1.8.
 """
 
 from __future__ import annotations
 
 import os
 
-from study.config import Config, ConfigError, Skip
+from study.config import Config, ConfigError, Optimizer, Skip
 from study.data import Splits
-from study.engine.nets import block_width
 
 FLOAT = 4  # bytes
-# A parameter, its gradient, SGD's momentum (AdamW: two moments), the probe's copy before
-# the update (update_ratio) and the stack's transposed copy while it is built.
-PARAMETER_COPIES = 6
+# Copies of the parameters at the peak, measured (tests/test_memory.py): the parameters, their
+# gradients, the initial state they were stacked from, the probe's copy before an update
+# and its difference after, the probe's own gradients, the update's temporaries ...
+PARAMETER_COPIES = 10
+# ... and the optimizer's state: SGD's momentum, AdamW's two moments.
+OPTIMIZER_STATES = {Optimizer.sgd: 1, Optimizer.adamw: 2}
 # Per block and example in a training step: the Linear output and its gradient, the norm's
 # output and saved statistics, the activation, the dropout mask, the skip's output.
 STEP_TENSORS = 8
@@ -32,7 +35,7 @@ FIXED = 400 << 20  # the interpreter, torch and the data, whatever the net
 def parameters(cfg: Config, in_features: int, classes: int) -> int:
     """The net's parameter count (biases, norms and gates included)."""
     m = cfg.model
-    out = block_width(m)
+    out = m.block_width()
     total, width = (in_features + 1) * m.width, m.width
     for _ in range(m.depth):
         total += (width + 1) * out + (2 * out if m.norm != "none" else 0)
@@ -46,7 +49,7 @@ def activation_units(cfg: Config) -> int:
     """Units a forward pass keeps per example: every block's output, and for dense nets the
     concatenation each block reads."""
     m = cfg.model
-    out = block_width(m)
+    out = m.block_width()
     if m.skip != Skip.dense:
         return m.depth * out
     return sum(m.width + i * out for i in range(m.depth)) + m.depth * out
@@ -55,11 +58,12 @@ def activation_units(cfg: Config) -> int:
 def estimate(cfg: Config, in_features: int, classes: int, largest_split: int) -> int:
     """Bytes one net of ``cfg`` needs at its peak (an upper estimate)."""
     units = activation_units(cfg)
-    widest = max(cfg.model.width, cfg.model.width + cfg.model.depth * block_width(cfg.model))
+    widest = max(cfg.model.width, cfg.model.width + cfg.model.depth * cfg.model.block_width())
     step = STEP_TENSORS * units * cfg.train.batch_size
     probe = STEP_TENSORS * units * cfg.probe.batch_size * cfg.probe.batches
     evaluation = EVAL_TENSORS * widest * largest_split
-    params = PARAMETER_COPIES * parameters(cfg, in_features, classes)
+    copies = PARAMETER_COPIES + OPTIMIZER_STATES[cfg.optim.name]
+    params = copies * parameters(cfg, in_features, classes)
     return FLOAT * (params + max(step, probe, evaluation)) + FIXED
 
 

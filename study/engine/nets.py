@@ -276,12 +276,6 @@ def _block_state(
         params[prefix + "act.weight"] = torch.full((1,), ACTIVATIONS[cfg.activation].negative_slope)
 
 
-def block_width(cfg: ModelConfig) -> int:
-    """The units a block outputs: the stream's width, or for dense nets the ``growth`` it
-    appends to the concatenation."""
-    return cfg.dense.growth if cfg.skip == Skip.dense else cfg.width
-
-
 def initial_state(
     in_features: int, num_classes: int, cfg: ModelConfig, seed: int
 ) -> tuple[Tensors, Tensors]:
@@ -299,7 +293,7 @@ def initial_state(
     width = cfg.width
     for i in range(cfg.depth):
         prefix = f"layers.{i}."
-        out = block_width(cfg)
+        out = cfg.block_width()
         _block_state(params, buffers, prefix + "block.", width, out, cfg, gen)
         if cfg.skip == Skip.highway:
             _linear_state(params, prefix + "gate.", width, cfg.width, cfg, gen)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from study.config import Activation, ModelConfig, Norm, Skip
-from study.engine.nets import ACTIVATIONS, MLP, NORMS, Tensors, block_width
+from study.engine.nets import ACTIVATIONS, MLP, NORMS, Tensors
 
 
 @dataclass
@@ -149,7 +149,7 @@ class Stack:
     @property
     def block_widths(self) -> list[int]:
         """The width of each block's output (what dropout masks)."""
-        return [block_width(self.cfg)] * self.cfg.depth
+        return [self.cfg.block_width()] * self.cfg.depth
 
     @property
     def size(self) -> int:

@@ -27,6 +27,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from study.config import interruptible  # noqa: E402
 from study.records import write_json  # noqa: E402
 from study.report import figures_analysis as fa  # noqa: E402
 from study.report import figures_generalization as fg  # noqa: E402
@@ -194,4 +195,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible("study.report.figures", main)

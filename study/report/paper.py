@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from study import records
+from study.config import interruptible
 from study.report import numbers, tables
 from study.report.latex import breakable, escape, macro_name, number
 
@@ -153,4 +154,4 @@ def fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible("study.report.paper", main)

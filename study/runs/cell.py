@@ -26,19 +26,11 @@ import torch
 
 from study import data as datasets
 from study import records
-from study.config import Config, ConfigError, Device
+from study.config import STACKABLE, Config
 from study.engine import allocator, kernels, loop, nets
 from study.engine.probes import profile_summary
 from study.engine.stack import Stack
 from study.records import GRADIENTS, Status, summary_column
-
-
-def resolve_device(device: Device) -> torch.device:
-    if device is Device.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("train.device", "cuda requested but no CUDA device is available")
-    return torch.device(str(device))
 
 
 def summarize(layers: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -70,6 +62,15 @@ def build_stack(cells: Sequence[Cell], splits: datasets.Splits, device: torch.de
     return Stack(states, cells[0].cfg.model, device)
 
 
+def timings(outcome: loop.Outcome | None, setup: float, crashed: float) -> dict[str, float]:
+    """A cell's costs: its share of building the stack, then of training and probing while
+    it was in it (``loop.Clock``); a crashed group's cells share its time alike."""
+    if outcome is None:
+        return {"wall_s": crashed}
+    spent = outcome.timings
+    return {**spent, "wall_s": setup + spent["train_s"] + spent["probe_s"]}
+
+
 @dataclass
 class Recorded:
     """A cell's record as written: ``run.json``'s content, the layer table, the folder."""
@@ -99,7 +100,7 @@ def execute_group(cells: Sequence[Cell], splits: datasets.Splits) -> list[Record
     torch.set_flush_denormal(True)
     allocator.keep_freed_memory()
     kernels.strict_blas()
-    device = resolve_device(cfg.train.device)
+    device = kernels.resolve_device(cfg.train.device)
     if device.type == "cuda":
         # CPU kernels are deterministic already (and this call costs seconds of imports).
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -120,15 +121,17 @@ def execute_group(cells: Sequence[Cell], splits: datasets.Splits) -> list[Record
     }
     outcomes: list[loop.Outcome | None] = [None] * len(cells)
     error: dict[str, str] = {}
+    setup = 0.0
     try:
         stack = build_stack(cells, splits, device)
+        setup = (time.perf_counter() - t0) / len(cells)  # shared alike: every net was built
         outcomes = list(loop.run(stack, splits, [c.cfg for c in cells], device))
     except Exception as exc:  # noqa: BLE001 - any crash is recorded, then reported
         error = {
             "error": "".join(traceback.format_exception_only(exc)).strip(),
             "traceback": traceback.format_exc(),
         }
-    wall = (time.perf_counter() - t0) / len(cells)
+    crashed = (time.perf_counter() - t0) / len(cells)  # what each cell of a crashed group cost
 
     logged: list[Recorded] = []
     for cell, outcome in zip(cells, outcomes, strict=True):
@@ -139,6 +142,7 @@ def execute_group(cells: Sequence[Cell], splits: datasets.Splits) -> list[Record
                 steps_done=outcome.steps_done,
                 diverged_at_step=outcome.diverged_at_step,
                 steps_to_target=outcome.steps_to_target,
+                plateau_at_step=outcome.plateau_at_step,
             )
         record = {
             **base,
@@ -150,7 +154,7 @@ def execute_group(cells: Sequence[Cell], splits: datasets.Splits) -> list[Record
             "metrics": outcome.metrics if outcome else {},
             "summary": summary,
             "curve": outcome.curve if outcome else {},
-            "timings": {**(outcome.timings if outcome else {}), "wall_s": wall},
+            "timings": timings(outcome, setup, crashed),
         }
         records.write_parquet(cell.out_dir / records.LAYERS_FILE, layers)
         logged.append(Recorded(record, layers, cell.out_dir))
@@ -167,12 +171,6 @@ def execute(
     """One cell alone: a group of one."""
     [done] = execute_group([Cell(cfg, resolved, cell_key, Path(out_dir))], splits)
     return done
-
-
-# What may differ between the nets of one stack (the launchers' default ``group_over``, plus
-# the run name made from them): each net draws its own init, and keeps its own learning
-# rate, dropout rate and masks, and batches.
-STACKABLE = ("seed", "run_name", "model.init", "optim.lr", "model.dropout", "train.curriculum")
 
 
 def check_stackable(cells: Sequence[Cell]) -> None:

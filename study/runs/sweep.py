@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from study import records
 from study.config import ConfigError, TrackingConfig, from_dict
 from study.tracking import experiment, mirror, reproduce
+from study.tracking.reserve import Reserve
 
 # Held (flock) by the process running the sweep, released when it ends or dies: a second
 # invocation of the same sweep, on this machine or on another one sharing the folder,
@@ -57,6 +58,7 @@ class Session:
     def __init__(self, sweep_dir: Path, total: int, tracker: mirror.Tracker | None, held: int):
         self.sweep_dir, self.total, self.tracker = sweep_dir, total, tracker
         self.held = held  # the sweep's lock
+        self.room = Reserve(tracker.uri) if tracker is not None else None
         self.counts: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []
         self.cells: list[dict[str, Any]] = []
@@ -94,6 +96,8 @@ class Session:
         if config.tracking.enabled:
             tracker = mirror.Tracker(config.tracking.uri, config.tracking.experiment)
         session = cls(sweep_dir, total, tracker, held)
+        if session.room is not None:
+            session.room.hold()  # for ending the parent run even on a full disk
         previous = records.read_sweep(sweep_dir)
         if tracker is not None:
             session.tracking_cfg = from_dict(TrackingConfig, _plain(config.tracking))
@@ -136,6 +140,8 @@ class Session:
         try:
             return self._finish()
         finally:
+            if self.room is not None:
+                self.room.release()
             os.close(self.held)
 
     def _finish(self) -> int:
@@ -180,6 +186,8 @@ class Session:
         mirrored = experiment.mirror_sweep(
             self.tracker, self.tracking_cfg, self.parent_id, recorded
         )
+        if mirrored.error is not None and self.room is not None:
+            self.room.release()  # the store may be out of room: what is left is the parent's
         status = RunStatus.FINISHED if done == self.total else RunStatus.KILLED
         if mirrored.error is None:
             try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -30,20 +31,24 @@ from omegaconf.errors import OmegaConfBaseException
 from study import data as datasets
 from study import records
 from study.config import CONF_DIR, Config, ConfigError, as_dict, validate
-from study.engine import memory
-from study.runs import jobs
-from study.runs.cell import execute, resolve_device
-from study.tracking import mirror, uri
+from study.engine import kernels, memory
+from study.tracking import uri
+
+# torch and MLflow are imported once the input is known to be good (study.runs.cell,
+# study.runs.jobs, study.tracking.mirror): bad input is refused in a second, not in five.
 
 log = logging.getLogger("study.train")
 PROG = "study.train"
 
 
 def _discard_job_dir(out_dir: Path) -> None:
-    """Bad input leaves nothing behind: remove the folder Hydra made for this job."""
+    """Bad input leaves nothing behind: remove the folder Hydra made for this job, and the
+    folders above it that it made (now empty) up to the working folder."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    parent = out_dir.parent
-    if parent.is_dir() and not any(parent.iterdir()):
+    here = Path.cwd().resolve()
+    for parent in out_dir.resolve().parents:
+        if parent == here or not parent.is_relative_to(here) or any(parent.iterdir()):
+            break
         parent.rmdir()
 
 
@@ -52,7 +57,7 @@ def checked(dcfg: DictConfig) -> tuple[Config, datasets.Splits]:
     ranges, the device, the prepared data, the memory a net needs, the tracking store."""
     cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
     validate(cfg)
-    resolve_device(cfg.train.device)
+    kernels.check_device(cfg.train.device)
     splits = datasets.load_cached(cfg.data)
     memory.check(cfg, splits)
     if cfg.tracking.enabled:
@@ -68,12 +73,17 @@ def task(dcfg: DictConfig) -> dict[str, Any]:
     try:
         cfg, splits = checked(dcfg)
         if single and cfg.tracking.enabled:
+            from study.tracking import mirror
+
             # The server's answer before any training (a sweep asks once, when it starts).
             mirror.tracker(cfg.tracking.uri, cfg.tracking.experiment)
     except ConfigError as exc:
         if single:
             _discard_job_dir(out_dir)
         fail(2, f"error: {exc}")
+    from study.runs import jobs
+    from study.runs.cell import execute
+
     resolved = as_dict(cfg)  # resolved once already by to_object; re-resolving costs ms
     key = records.cell_key(resolved, splits.sha256)
     if not single and records.is_done(records.read_run(out_dir), key):
@@ -110,10 +120,11 @@ def _one_line(exc: BaseException) -> str:
     """A composition or validation error as a single line that names the key."""
     if isinstance(exc, ConfigError):
         return str(exc)
-    if isinstance(exc, MissingConfigException) and "sweep/" in str(exc):
+    missing = re.search(r"Could not find '(sweep/[^']*)'", str(exc))
+    if isinstance(exc, MissingConfigException) and missing:
         # Hydra lists only the group's top level (smoke), not the presets in its folders.
-        missing = str(exc).split("'")[1] if "'" in str(exc) else "?"
-        return f"+sweep: no preset {missing!r}; expected one of: {', '.join(presets())}"
+        return (f"+sweep: no preset {missing.group(1).removeprefix('sweep/')!r}; "
+                f"expected one of: {', '.join(presets())}")  # fmt: skip
     cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or ""
@@ -146,7 +157,7 @@ def cli(main: Callable[[], Any]) -> None:
         sys.argv[1:] = clean_credentials(sys.argv[1:])
         main()
     except KeyboardInterrupt:
-        fail(130, "interrupted; cells recorded so far are kept, and a rerun resumes the rest")
+        fail(130, "interrupted; what was recorded before stays, nothing is half-written")
     except (ConfigError, ConfigCompositionException, OmegaConfBaseException) as exc:
         fail(2, f"error: {_one_line(exc)}")
     except OSError as exc:  # the folders Hydra makes, a full disk

@@ -48,8 +48,11 @@ MAX_PARAMS_TAGS = 100
 
 
 # Keep alembic's schema-migration chatter out of the run's console.
-for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
+for _name in ("alembic", "mlflow.tracking"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# MLflow logs each failed database call with its whole traceback (a full disk: 2,000 lines
+# for one sweep); every failure reaches the study as an exception, said in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def batches(params: list[Param], metrics: list[Metric]) -> list[dict[str, list]]:
@@ -116,8 +119,8 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        try:  # the first request to the server: a refused client learns it here
+        try:  # a SQL store is created here; the first request to a server is the next line
+            self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 found.experiment_id if found else self.client.create_experiment(experiment)

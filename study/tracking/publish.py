@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from mlflow.entities import Param
 
 from study import records
-from study.config import CONF_DIR, ConfigError
+from study.config import CONF_DIR, ConfigError, interruptible
 from study.tracking import mirror, run_spec
 
 PAPER = Path("paper/main.pdf")
@@ -146,4 +146,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible("study.tracking.publish", main)
