@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from study.runs import jobs
+from study.config import Config, ConfigError, DataConfig, TrackingConfig, TrainConfig, as_dict
+from study.runs import jobs, sweep
 
 from .conftest import subprocess_env
 from .test_pipeline import checkout_copy, run, stages_run
@@ -134,13 +135,17 @@ def sinfo(env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def sweep_command(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "study.train", "-m", "hydra/launcher=slurm",
+            "hydra.launcher.poll_s=0.5", *overrides]  # fmt: skip
+
+
 def submit(workdir: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
-    """``python -m study.train -m ... hydra/launcher=slurm`` as a user types it, running."""
+    """``python -m study.train -m ... hydra/launcher=slurm`` as a user types it, running,
+    in a process group of its own (as a shell runs a command: Ctrl-C reaches the group)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "study.train", "-m", "hydra/launcher=slurm",
-         "hydra.launcher.poll_s=0.5", *overrides],
-        cwd=workdir, env={**subprocess_env(), **env}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        sweep_command(*overrides), cwd=workdir, env={**subprocess_env(), **env}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
 
@@ -200,6 +205,170 @@ def test_a_cancelled_array_completes_on_resubmission_without_duplicates(
     assert jobs.recorded(config, cell)["status"] == "finished"
     changed = {**config, "train": {**config["train"], "steps": 21}}
     assert jobs.recorded(changed, cell) is None
+
+
+def queue(env: dict[str, str], array: str | None = None) -> list[tuple[str, str]]:
+    """(array job id, state) of each task squeue lists as not ended (of ``array``, or all)."""
+    which = ["-j", array] if array else []
+    proc = subprocess.run(["squeue", "--array", "--noheader", "-o", "%F|%T", *which],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    return [tuple(line.split("|")) for line in proc.stdout.split()]  # type: ignore[misc]
+
+
+def queue_states(env: dict[str, str], array: str) -> str:
+    """The array's task counts by state, as the sweep's refusal words them."""
+    proc = subprocess.run(["squeue", "--array", "--noheader", "-j", array, "-o", "%T"],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    states = proc.stdout.lower().split()
+    return ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+
+
+def cell_dirs(sweep_dir: Path) -> list[Path]:
+    """The cells' folders a task has made (recorded or not)."""
+    return sorted(p for p in sweep_dir.glob("*") if p.is_dir() and not p.name.startswith("."))
+
+
+def running_array(
+    proc: subprocess.Popen, env: dict[str, str], sweep_dir: Path, training: bool = False
+) -> str:
+    """The job id of the sweep's array (submitit's folders in the sweep's folder name it),
+    once one of its tasks runs; ``training``: once a task has begun its group (its cells'
+    folders exist), past submitit's set-up, which makes the task ignore scancel's SIGTERM."""
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no task of the sweep's array started"
+        ours = {folder.name.split("_")[0] for folder in (sweep_dir / ".submitit").glob("*_*")}
+        running = [a for a, state in queue(env) if state == "RUNNING" and a in ours]
+        if running and (cell_dirs(sweep_dir) or not training):
+            return running[0]
+        time.sleep(0.2)
+
+
+# As GROUPED, with groups that train for about 20 s here: a stop lands mid-group.
+SLOW_GROUPED = ("+sweep=smoke", "model.depth=8", "model.skip=none", "train.steps=1000",
+                "seed=0,1,2")  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stopped_sweep_cancels_its_array_and_waits_for_its_tasks(workdir, cluster, how):
+    """``kill PID`` (SIGTERM) or Ctrl-C (SIGINT to the sweep's process group) while the
+    array runs: the sweep cancels the array and waits until its tasks have ended, so no
+    cell is recorded after it exits, and the folder is free for a rerun."""
+    sweep_dir = workdir / "multirun" / "smoke"
+    proc = submit(workdir, cluster, *SLOW_GROUPED, "hydra.launcher.array_parallelism=1")
+    array = running_array(proc, cluster, sweep_dir, training=True)  # task 1 waits
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out = finish(proc, status=143 if how == "SIGTERM" else 130)
+    assert f"[sweep] SLURM job array {array} cancelled; its tasks have ended" in out, out
+    assert queue(cluster, array) == []
+    assert len(record_dirs(sweep_dir)) <= 3  # the second group never started
+    # Nothing trains the cells any more, so nothing records them later: no process holds
+    # a cell's lock (a task that outlived the sweep would, until its group is recorded).
+    cells = cell_dirs(sweep_dir)
+    assert cells
+    for cell in cells:
+        held = sweep.hold(cell / jobs.CELL_LOCK)
+        assert isinstance(held, int), f"{cell.name} is being trained by {held}"
+        os.close(held)
+    os.close(sweep.lock(sweep_dir))  # not refused: the array has ended
+
+
+def test_a_killed_sweeps_array_blocks_its_resubmission_until_it_ends(workdir, cluster):
+    """``kill -9`` of the sweep leaves its array running: resubmitting at once is refused
+    in one line naming the array, with nothing queued; once the array has ended (its tasks
+    record their cells), the resubmission completes the sweep, one run per cell."""
+    sweep_dir = workdir / "multirun" / "smoke"
+    proc = submit(workdir, cluster, *GROUPED, "hydra.launcher.array_parallelism=1")
+    array = running_array(proc, cluster, sweep_dir)
+    proc.kill()
+    proc.wait()
+    listed = subprocess.run(["squeue", "--states=all", "--noheader", "-o", "%F"],
+                            env=cluster, capture_output=True, text=True).stdout  # fmt: skip
+    arrays = set(listed.split())
+    submitted = sorted((sweep_dir / ".submitit").iterdir())
+
+    again = subprocess.run(sweep_command(*GROUPED), cwd=workdir, capture_output=True,
+                           text=True, env={**subprocess_env(), **cluster})  # fmt: skip
+    assert again.returncode == 2, again.stderr[-3000:]
+    [line] = again.stderr.strip().splitlines()
+    assert (f"hydra.sweep.dir: {sweep_dir.relative_to(workdir)}: SLURM job array {array} "
+            "of an earlier run of this sweep is still in the queue (") in line  # fmt: skip
+    assert line.endswith(f"scancel {array}")
+    listed = subprocess.run(["squeue", "--states=all", "--noheader", "-o", "%F"],
+                            env=cluster, capture_output=True, text=True).stdout  # fmt: skip
+    assert set(listed.split()) == arrays  # nothing queued
+    assert sorted((sweep_dir / ".submitit").iterdir()) == submitted
+
+    deadline = time.monotonic() + 300
+    while queue(cluster, array):
+        assert time.monotonic() < deadline, "the killed sweep's array did not end"
+        time.sleep(0.5)
+    out = finish(submit(workdir, cluster, *GROUPED))
+    assert "0 finished, 0 diverged, 0 failed, 6 skipped" in out, out
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    check_one_run_per_cell(workdir, sweep_dir, uri, "smoke", cells=6)
+
+
+def test_the_sweep_lock_asks_squeue_about_the_array_it_names(tmp_path, cluster, monkeypatch):
+    """An array the lock file names blocks the folder while squeue lists it, and only then;
+    when squeue cannot answer, the folder stays blocked, saying how to free it."""
+    for key, value in cluster.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / sweep.LOCK_FILE).write_text("pid 1 on elsewhere\nSLURM job array 999999\n")
+    os.close(sweep.lock(tmp_path))  # an id squeue does not know: long gone
+    assert "SLURM job array" not in (tmp_path / sweep.LOCK_FILE).read_text()
+
+    sbatch = ["sbatch", "--parsable", "--array=0-2%1", "--output=/dev/null", "--wrap", "sleep 60"]
+    array = subprocess.run(sbatch, capture_output=True, text=True, check=True).stdout.strip()
+    sweep.name_array(tmp_path, array)
+    with pytest.raises(ConfigError) as refused:
+        sweep.lock(tmp_path)
+    assert str(refused.value) == (
+        f"hydra.sweep.dir: {tmp_path}: SLURM job array {array} of an earlier run of this "
+        f"sweep is still in the queue ({queue_states(cluster, array)}); wait for it to end, "
+        f"or cancel it: scancel {array}"
+    )
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such.conf"))
+    with pytest.raises(ConfigError) as unsure:
+        sweep.lock(tmp_path)
+    assert str(unsure.value).startswith(
+        f"hydra.sweep.dir: {tmp_path}: cannot tell whether SLURM job array {array} of an "
+        "earlier run of this sweep still runs ("
+    )
+    assert str(unsure.value).endswith(f"; once it has ended, delete {tmp_path / sweep.LOCK_FILE}")
+    monkeypatch.setenv("SLURM_CONF", cluster["SLURM_CONF"])
+    subprocess.run(["scancel", array], check=True)
+    deadline = time.monotonic() + 60
+    while queue(cluster, array):
+        assert time.monotonic() < deadline, "the array did not end"
+        time.sleep(0.2)
+    os.close(sweep.lock(tmp_path))
+
+
+def test_a_cell_whose_lock_is_held_is_not_trained_again(prepared, tmp_path):
+    """Two processes on one cell (two sweeps, or the array of a killed one beside its
+    resubmission): the one that finds the cell's lock held leaves the cell alone and says
+    who holds it; once it is released, the cell trains."""
+    cfg = Config(data=DataConfig(dir=str(prepared)), train=TrainConfig(steps=0),
+                 tracking=TrackingConfig(enabled=False), run_name="probe-only")  # fmt: skip
+    out_dir = tmp_path / "cell"
+    out_dir.mkdir()
+    held = sweep.hold(out_dir / jobs.CELL_LOCK)  # flock: a second open file contends with it
+    assert isinstance(held, int)
+    sweep.name_holder(held)
+    [result] = jobs.run_group([(as_dict(cfg), out_dir)], tmp_path)
+    assert result["status"] == "failed"
+    host = os.uname().nodename
+    assert result["error"] == f"being trained by another process (pid {os.getpid()} on {host})"
+    assert not (out_dir / "run.json").exists()
+    os.close(held)
+    [result] = jobs.run_group([(as_dict(cfg), out_dir)], tmp_path)
+    assert result["status"] == "finished"
+    assert (out_dir / "run.json").exists()
 
 
 def test_dvc_repro_with_launcher_slurm_runs_the_sweep_stage_on_the_cluster(

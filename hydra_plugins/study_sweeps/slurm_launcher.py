@@ -111,8 +111,6 @@ class SlurmLauncher(Launcher):
         if chunks:
             import submitit  # only when a SLURM sweep runs: plugin discovery stays fast
 
-            from study.runs.slurm_queue import watched
-
             executor = submitit.SlurmExecutor(self.folder, max_num_timeout=self.max_num_timeout)
             # The generic names (timeout_min, mem_gb, ...) as sbatch's own (time, mem, ...).
             executor.update_parameters(**executor._convert_parameters(self.sbatch))
@@ -121,22 +119,40 @@ class SlurmLauncher(Launcher):
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ.setdefault(var, threads)
             payload = worker_payload(self.hydra_context, self.task_function, p.templates)
-            tasks = watched(
-                executor.map_array(
-                    run_task,
-                    [payload] * len(chunks),
-                    [[p.jobs[i] for i in c] for c in chunks],
-                    [self.grouping.group_task] * len(chunks),
-                ),
-                executor.folder,
-            )
-            log.info(
-                "slurm launcher: %d jobs in %d array tasks (job %s), sweep dir %s",
-                sum(map(len, chunks)), len(tasks), tasks[0].job_id.split("_")[0],
-                self.config.hydra.sweep.dir,
-            )  # fmt: skip
-            self._wait(p, specs, chunks, tasks, results, progress)
+            self._run_array(executor, payload, p, specs, chunks, results, progress)
         return results  # type: ignore[return-value]
+
+    def _run_array(self, executor, payload, p: Plan, specs, chunks, results, progress) -> None:
+        """Submit the chunks as one job array, then wait for it. The array does not outlive
+        this process's work: stopped (Ctrl-C, SIGTERM) or failing, it cancels the array;
+        killed outright, it leaves the array named in the sweep's lock file (the next run
+        of the sweep is refused while squeue lists it)."""
+        from study.runs import slurm_queue, sweep
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))  # type: ignore[union-attr]
+        array = None
+        with slurm_queue.sigterm_exits():
+            try:
+                with slurm_queue.signals_deferred():
+                    submitted = executor.map_array(
+                        run_task,
+                        [payload] * len(chunks),
+                        [[p.jobs[i] for i in c] for c in chunks],
+                        [self.grouping.group_task] * len(chunks),
+                    )
+                    array = submitted[0].job_id.split("_")[0]
+                    sweep.name_array(sweep_dir, array)
+                tasks = slurm_queue.watched(submitted, executor.folder)
+                log.info(
+                    "slurm launcher: %d jobs in %d array tasks (job %s), sweep dir %s",
+                    sum(map(len, chunks)), len(tasks), array, sweep_dir,
+                )  # fmt: skip
+                self._wait(p, specs, chunks, tasks, results, progress)
+            except BaseException:
+                if array is not None:
+                    stop(array, sweep_dir)
+                raise
+        sweep.name_array(sweep_dir, None)  # ended: nothing for a later run to wait for
 
     def _wait(self, p: Plan, specs, chunks, tasks, results, progress) -> None:
         import submitit
@@ -158,6 +174,19 @@ class SlurmLauncher(Launcher):
             for i, ret in zip(chunk, rets, strict=True):
                 results[i] = ret
                 progress.update(outcome(ret)["status"])
+
+
+def stop(array: str, sweep_dir: Path) -> None:
+    """Cancel the sweep's array and wait for its tasks to end, saying so."""
+    from study.runs import slurm_queue, sweep
+
+    print(f"[sweep] stopping: cancelling SLURM job array {array}", flush=True)
+    if slurm_queue.cancel(array):
+        sweep.name_array(sweep_dir, None)
+        print(f"[sweep] SLURM job array {array} cancelled; its tasks have ended", flush=True)
+    else:
+        print(f"[sweep] SLURM job array {array} was cancelled but squeue still lists it; "
+              "this sweep cannot run again until it no longer does", flush=True)  # fmt: skip
 
 
 def job_specs(p: Plan) -> list[tuple[dict[str, Any], str]]:

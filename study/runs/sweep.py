@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -31,25 +32,85 @@ from study.tracking.reserve import Reserve
 
 # Held (flock) by the process running the sweep, released when it ends or dies: a second
 # invocation of the same sweep, on this machine or on another one sharing the folder,
-# would run the same cells at the same time.
+# would run the same cells at the same time. A SLURM sweep's job array outlives its
+# process when that is killed outright (kill -9, a lost login node), so the launcher names
+# the array in this file too, and the sweep stays refused while squeue lists the array.
 LOCK_FILE = ".sweep.lock"
+ARRAY = re.compile(r"SLURM job array (\d+)")
+
+
+def hold(path: Path) -> int | str:
+    """An exclusive lock (flock) on ``path``, created if need be: the open descriptor
+    (closing it, or this process's end, releases it); or, when another process holds it,
+    who that is, as its holder wrote it (:func:`name_holder`), in one line."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 200, 0).decode(errors="replace")
+        os.close(fd)
+        return "; ".join(line for line in text.splitlines() if line.strip()) or "another process"
+    return fd
+
+
+def name_holder(fd: int, also: str | None = None) -> None:
+    """Write this process (and ``also``, a line) into a lock file it holds."""
+    lines = [f"pid {os.getpid()} on {os.uname().nodename}", *([also] if also else [])]
+    text = ("\n".join(lines) + "\n").encode()
+    # Written over, then cut to length: the file never lacks the array while it runs.
+    os.pwrite(fd, text, 0)
+    os.ftruncate(fd, len(text))
 
 
 def lock(sweep_dir: Path) -> int:
     """Hold the sweep's lock (an open descriptor; closing it releases the lock), or raise
-    the one-line error that says who has it."""
-    fd = os.open(Path(sweep_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    the one-line error that says who has it, or which of its SLURM job arrays still runs."""
+    held = hold(Path(sweep_dir) / LOCK_FILE)
+    if isinstance(held, str):
+        message = f"this sweep is running already ({held}); wait for it to end"
+        raise ConfigError(str(sweep_dir), message)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        refuse_live_array(sweep_dir, os.pread(held, 200, 0).decode(errors="replace"))
+    except BaseException:
+        os.close(held)
+        raise
+    name_holder(held)
+    return held
+
+
+def refuse_live_array(sweep_dir: Path, holder: str) -> None:
+    """Raise if the lock file's last holder named a SLURM job array that squeue still lists
+    (its tasks would train the cells a new invocation queues again)."""
+    named = ARRAY.search(holder)
+    if named is None:
+        return
+    from study.runs import slurm_queue  # imports submitit: only for a folder SLURM used
+
+    array, where = named.group(1), Path(sweep_dir)
+    try:
+        tasks = slurm_queue.queued(array)
+    except RuntimeError as exc:
+        message = (f"{where}: cannot tell whether SLURM job array {array} of an earlier run "
+                   f"of this sweep still runs ({exc}); once it has ended, delete "
+                   f"{where / LOCK_FILE}")  # fmt: skip
+        raise ConfigError("hydra.sweep.dir", message) from None
+    if tasks:
+        states = Counter(state.lower() for _, state in tasks)
+        message = (f"{where}: SLURM job array {array} of an earlier run of this sweep is "
+                   f"still in the queue ({', '.join(f'{n} {s}' for s, n in states.items())}); "
+                   f"wait for it to end, or cancel it: scancel {array}")  # fmt: skip
+        raise ConfigError("hydra.sweep.dir", message)
+
+
+def name_array(sweep_dir: Path, array: str | None) -> None:
+    """Name in the sweep's lock file the SLURM job array this process has just submitted,
+    or, with None, stop naming it once it has ended: a later invocation asks squeue about
+    a named array (:func:`refuse_live_array`) should this process die without cancelling it."""
+    fd = os.open(Path(sweep_dir) / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        name_holder(fd, f"SLURM job array {array}" if array else None)
+    finally:
         os.close(fd)
-        raise ConfigError(
-            str(sweep_dir), f"this sweep is running already ({holder}); wait for it to end"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
-    return fd
 
 
 class Session:
