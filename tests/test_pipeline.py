@@ -187,6 +187,34 @@ def test_collect_gathers_only_the_cells_of_the_current_grid(repo):
     assert runs_file.read_bytes() == before
 
 
+def test_a_failed_collect_keeps_the_previous_tables_and_a_successful_one_replaces_them(repo):
+    out = repo / "results"
+    names = ["tables/runs.parquet", "tables/layers.parquet", "tables/curves.parquet",
+             "metrics/collect.json"]  # fmt: skip
+    before = {name: (out / name).read_bytes() for name in names}
+    sweep_dir = repo / "multirun" / "quick" / "train"
+    cells = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+    depth = {c["dir"]: records.read_run(sweep_dir / c["dir"])["config"]["model"]["depth"]
+             for c in cells}  # fmt: skip
+    shallow = sweep_dir / next(d for d, n in depth.items() if n == 4) / "layers.parquet"
+    deep = sweep_dir / next(d for d, n in depth.items() if n == 8) / "layers.parquet"
+    kept = shallow.read_bytes()
+    shallow.write_bytes(deep.read_bytes())  # another cell's layer table
+    # DVC removes a stage's outputs before it runs it, unless they are persisted.
+    failed = run(repo, "dvc", "repro", "--force", "--single-item", "collect", check=False)
+    assert failed.returncode != 0
+    assert f"{shallow.parent.name}: layers.parquet has layers 1-8 for a depth-4 cell" in (
+        failed.stderr
+    )
+    assert {name: (out / name).read_bytes() for name in names} == before
+
+    shallow.write_bytes(kept)
+    (out / names[0]).write_bytes(b"not the tables")
+    assert stages_run(run(repo, "dvc", "repro").stdout) == ["collect"]  # an out changed
+    assert {name: (out / name).read_bytes() for name in names} == before
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
 def test_an_unrelated_change_reruns_nothing(repo):
     with (repo / "README.md").open("a") as f:
         f.write("\nA note that no stage reads.\n")

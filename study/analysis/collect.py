@@ -14,9 +14,13 @@ reads ``multirun/<profile>/<sweep>/sweep.json`` for each sweep of ``study.profil
 - ``results/metrics/collect.json``: run counts by sweep and status (DVC metrics).
 
 Only the listed cells are gathered, and each record must carry the listed cell key: records
-of other grids, code or data versions left in the same folders are never mixed in. A sweep
-that did not complete, a missing record or a duplicated cell x seed stops the stage with one
-line saying what is wrong and how to fix it; nothing is written then.
+of other grids, code or data versions left in the same folders are never mixed in. Every
+record is checked before anything is written (``study.analysis.checks``): a sweep that did
+not complete or whose sweep.json cannot be read, and each cell whose record is missing,
+unreadable, incomplete, of another cell or of other code, or whose layer table does not fit
+its depth and probe steps, gets one line saying what is wrong and how to redo it (the first
+:data:`MAX_LINES`, then how many more); a duplicated cell x seed gets one too. The stage then
+exits 1 and writes nothing, so the previous tables stay.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from study import records
+from study.analysis import checks
+from study.analysis.checks import CURVE_STATS, LAYER_TABLE, METRICS
 from study.config import (
     LAYER_STATS,
     Activation,
@@ -125,11 +130,9 @@ LAYER_COLUMNS: dict[str, Any] = {
 }
 
 
-# The training curve of run.json: per evaluation, the mean training loss since the previous
-# one, the validation loss and accuracy, and (train.eval_train) the whole training split's
-# loss and accuracy, NaN where not measured.
-CURVE_STATS = ("train_loss", "val_loss", "val_accuracy", "train_split_loss",
-               "train_split_accuracy")  # fmt: skip
+# The training curve of run.json (checks.CURVE_STATS): per evaluation, the mean training
+# loss since the previous one, the validation loss and accuracy, and (train.eval_train) the
+# whole training split's loss and accuracy, NaN where not measured.
 CURVE_COLUMNS: dict[str, Any] = {
     **AXES,
     "step": "int64",
@@ -137,8 +140,13 @@ CURVE_COLUMNS: dict[str, Any] = {
 }
 
 
+# Bad cells named one by one, at most; then how many more.
+MAX_LINES = 20
+
+
 class CollectError(Exception):
-    """The records cannot make a complete, consistent table; the message says why."""
+    """The records cannot make a complete, consistent table; the message says why, one
+    line per problem."""
 
 
 def cell_id(record: dict[str, Any]) -> str:
@@ -181,7 +189,7 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "dense_growth": model["dense"]["growth"],
         "probe_batch_size": probe["batch_size"],
         "probe_schedule": probe["schedule"],
-        **{k: (record.get("metrics") or {}).get(k) for k in _METRICS},
+        **{k: (record.get("metrics") or {}).get(k) for k in METRICS},
         **{k: summary.get(k) for k in _SUMMARY},
         **{k: (record.get("timings") or {}).get(k) for k in ("wall_s", "train_s", "probe_s")},
         "error": record.get("error"),
@@ -195,8 +203,6 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
     return row
 
 
-_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss",
-            "train_split_accuracy", "train_split_loss")  # fmt: skip
 _SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", *SUMMARY_COLUMNS)
 
 
@@ -214,21 +220,6 @@ def typed(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
     return out
 
 
-def read_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
-    """The cells of the sweep's last complete run, or CollectError saying what to do."""
-    info = records.read_sweep(sweep_dir)
-    if not info:
-        raise CollectError(f"{sweep_dir}: no sweep has run here (no {records.SWEEP_FILE})")
-    cells = info.get("cells")
-    if not info.get("complete") or cells is None:
-        ran = len(cells) if cells is not None else "not all"
-        raise CollectError(
-            f"{sweep_dir}: the last sweep did not complete ({ran} of {info.get('total')} "
-            "cells ran); rerun it (`dvc repro`) to finish"
-        )
-    return cells
-
-
 def curve_arrays(record: dict[str, Any]) -> dict[str, np.ndarray]:
     curve = record.get("curve") or {}
     out = {"step": np.asarray(curve.get("step", []), dtype=np.int64)}
@@ -238,39 +229,72 @@ def curve_arrays(record: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+def rerun(sweep_name: str, delete: str | None = None) -> str:
+    """How to redo a sweep's bad part. DVC sees only sweep.json, so the sweep stage is up to
+    date in its eyes (--force); the sweep reruns the cells without a current record."""
+    command = f"dvc repro --force --single-item sweep@{sweep_name}"
+    return f"delete {delete} and rerun: {command}" if delete else f"rerun the sweep: {command}"
+
+
 def gather(sweep_dir: Path, sweep_name: str, profile: str, root: Path):
-    """(run rows, per-run layer arrays, per-run curve arrays) of one sweep, checked against
-    its cell list."""
-    rows, layers, curves = [], [], []
-    for cell in read_sweep(sweep_dir):
-        where = sweep_dir / cell["dir"] if cell.get("dir") else None
-        record = records.read_run(where) if where is not None else None
-        if record is None:
-            raise CollectError(
-                f"{sweep_dir}: cell {cell['run_name']} ({cell['status']}) has no record"
-                + (f" in {where}" if where else f": {cell.get('error')}")
-                + f"; redo it: `dvc repro --force --single-item sweep@{sweep_name}`"
+    """(run rows, per-run layer arrays, per-run curve arrays, problems) of one sweep, its
+    records checked against its cell list; problems are lines saying what is wrong."""
+    rows, layers, curves, problems = [], [], [], []
+    info, problem = checks.read_sweep(sweep_dir)
+    if problem:  # the sweep itself reads it when it starts: it must go
+        return rows, layers, curves, [f"{sweep_dir}: {problem}; {rerun(sweep_name, 'it')}"]
+    cells, problem = checks.sweep_cells(info)
+    if problem:
+        return rows, layers, curves, [f"{sweep_dir}: {problem}; {rerun(sweep_name)}"]
+    stale = []
+    for cell in cells:
+        if not cell.get("dir"):
+            problems.append(
+                f"{sweep_dir}: cell {cell['run_name']} ({cell.get('status')}) has no record: "
+                f"{cell.get('error')}; {rerun(sweep_name)}"
             )
-        if record.get("cell_key") != cell["cell_key"]:
-            raise CollectError(
-                f"{where}: record has cell key {record.get('cell_key')}, the sweep ran "
-                f"{cell['cell_key']}: the folder changed after the sweep; redo it: "
-                f"`dvc repro --force --single-item sweep@{sweep_name}`"
-            )
-        if record["status"] not in STATUSES:
-            raise CollectError(f"{where}: unknown status {record['status']!r}")
-        try:
-            rows.append(run_row(record, sweep_name, profile, _relative(where, root)))
-            rows[-1]["mlflow_run_id"] = (records.read_mirror(where) or {}).get("run_id")
-        except KeyError as exc:
-            raise CollectError(
-                f"{where}: record has no {exc.args[0]!r} (written by older code, version "
-                f"{record.get('code_version')}); rerun the sweep (`dvc repro`)"
-            ) from None
-        table = pq.read_table(where / records.LAYERS_FILE)
-        layers.append({c: table.column(c).to_numpy() for c in ("step", "layer", *LAYER_STATS)})
+            continue
+        where = sweep_dir / cell["dir"]
+        record, problem = checks.read_record(where)
+        if problem is None:
+            problem = checks.record_problem(record, cell)
+        if problem is None:
+            if checks.stale(record):
+                stale.append(where)
+            else:
+                problem = checks.key_problem(record)
+        if problem is None:
+            arrays, problem = checks.read_layers(where, record)
+        if problem is not None:
+            # A record with the cell's key would be skipped as done; its run.json must go,
+            # the rest stays: the rerun replaces the layer table and trashes the MLflow run
+            # that mlflow.json names.
+            delete = None if problem == checks.NO_RECORD else f"its {records.RUN_FILE}"
+            problems.append(f"{where}: {problem}; {rerun(sweep_name, delete)}")
+            continue
+        rows.append(run_row(record, sweep_name, profile, _relative(where, root)))
+        rows[-1]["mlflow_run_id"] = mirror_run_id(where)
+        layers.append(arrays)
         curves.append(curve_arrays(record))
-    return rows, layers, curves
+    if stale:
+        # Every cell of a sweep is stale after an edit of the engine: one line, not thousands.
+        problems.append(
+            f"{sweep_dir}: {len(stale)} of {len(cells)} records (the first {stale[0].name}) "
+            f"were written by other code than this checkout's (code version "
+            f"{records.code_version()}); {rerun(sweep_name)}"
+        )
+    return rows, layers, curves, problems
+
+
+def mirror_run_id(where: Path) -> str | None:
+    """The MLflow run the record is mirrored to. None if it is not (yet) or mlflow.json is
+    damaged: the mirror is optional (``python -m study.tracking mirror`` redoes it)."""
+    try:
+        info = records.read_mirror(where)
+    except (OSError, ValueError):
+        return None
+    run_id = info.get("run_id") if isinstance(info, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -283,11 +307,17 @@ def build(sweep_dirs: dict[str, Path], profile: str, root: Path):
     rows: list[dict] = []
     per_run: list[dict[str, np.ndarray]] = []
     per_curve: list[dict[str, np.ndarray]] = []
+    problems: list[str] = []
     for name, sweep_dir in sweep_dirs.items():
-        r, ly, cv = gather(sweep_dir, name, profile, root.resolve())
+        r, ly, cv, bad = gather(sweep_dir, name, profile, root.resolve())
         rows += r
         per_run += ly
         per_curve += cv
+        problems += bad
+    if problems:
+        more = len(problems) - MAX_LINES
+        lines = problems[:MAX_LINES] + ([f"and {more} more"] if more > 0 else [])
+        raise CollectError("\n".join(lines))
     if not rows:
         raise CollectError("no runs to collect: the sweeps list no cells")
     runs = typed(pd.DataFrame(rows), RUN_COLUMNS)
@@ -296,7 +326,7 @@ def build(sweep_dirs: dict[str, Path], profile: str, root: Path):
         names = ", ".join(runs.loc[duplicated, "run_name"].head(4))
         raise CollectError(f"the same cell and seed was recorded twice: {names}")
 
-    layers = long_table(runs, per_run, ("step", "layer", *LAYER_STATS), LAYER_COLUMNS)
+    layers = long_table(runs, per_run, LAYER_TABLE, LAYER_COLUMNS)
     curves = long_table(runs, per_curve, ("step", *CURVE_STATS), CURVE_COLUMNS)
     return runs, layers, curves
 
@@ -359,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def fail(message: str) -> None:
-    print(f"study.analysis.collect: error: {message}", file=sys.stderr)
+    for line in message.splitlines():
+        print(f"study.analysis.collect: error: {line}", file=sys.stderr)
     sys.exit(1)
 
 
