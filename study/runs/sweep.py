@@ -142,7 +142,7 @@ class Session:
         except MlflowException as exc:  # the store refused the experiment or parent run
             os.close(held)
             uri = config.tracking.uri
-            raise mirror.refusal(uri, exc, "log to this experiment") or ConfigError(
+            raise mirror.refusal(uri, exc, config.tracking.experiment) or ConfigError(
                 "tracking.uri", f"{uri}: {mirror.error_line(exc)}"
             ) from None
         except BaseException:

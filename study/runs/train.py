@@ -137,15 +137,18 @@ def _one_line(exc: BaseException) -> str:
 def clean_credentials(argv: list[str]) -> list[str]:
     """The command line and ``MLFLOW_TRACKING_URI`` with any user name and password taken
     out of tracking URIs and handed to the client through its environment variables
-    (``study.tracking.uri``), before Hydra records them anywhere."""
+    (``study.tracking.uri``), before Hydra records them anywhere. The environment's URI
+    goes first: credentials typed on the command line are the more specific, so theirs
+    are the ones left in the variables."""
+    env = "MLFLOW_TRACKING_URI"
+    if os.environ.get(env):
+        os.environ[env] = uri.move_credentials(os.environ[env], key=env)
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key.lstrip("+~") == uri.KEY:
             arg = f"{key}={uri.move_credentials(value)}"
         out.append(arg)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        os.environ["MLFLOW_TRACKING_URI"] = uri.move_credentials(os.environ["MLFLOW_TRACKING_URI"])
     return out
 
 

@@ -9,9 +9,11 @@ run says so, and so does its sweep's summary. This logs them from their records:
 - a run's folder (``run.json``), or a folder holding such folders (``outputs/``): each
   run alone.
 
-Where to: the store and experiment the records name (``--uri`` for another store; its
-credentials from the environment, as for a run). Exit status 0 when every cell is
-mirrored, 1 when some are not (one line says why), 2 for bad input.
+Where to: the store and experiment the records name (``--uri`` for another store, its
+credentials from the environment or moved there out of the URI, as for a run;
+``--experiment`` for another experiment, say one of your own where the records' is
+read-only to you). Exit status 0 when every cell is mirrored, 1 when some are not (one
+line says why), 2 for bad input.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ def fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
-def tracking_of(record: dict, store: str | None) -> TrackingConfig:
+def tracking_of(record: dict, store: str | None, name: str | None) -> TrackingConfig:
     cfg = from_dict(TrackingConfig, {**record["config"]["tracking"], "enabled": True})
     if store is not None:
         cfg.uri = store
+    if name is not None:
+        cfg.experiment = name
     return cfg
 
 
-def mirror_sweep(folder: Path, store: str | None) -> experiment.Mirrored:
+def mirror_sweep(folder: Path, store: str | None, name: str | None) -> experiment.Mirrored:
     info = records.read_sweep(folder)
     cells = [
         (record, folder / cell["dir"])
@@ -51,9 +55,14 @@ def mirror_sweep(folder: Path, store: str | None) -> experiment.Mirrored:
     ]
     if not cells:
         raise ConfigError(str(folder), "the sweep lists no recorded cells (has it ended?)")
-    cfg = tracking_of(cells[0][0], store)
+    cfg = tracking_of(cells[0][0], store, name)
     tracker = mirror.tracker(cfg.uri, cfg.experiment)
-    parent = info.get("parent_run_id") if info.get("tracking_uri") == tracker.uri else None
+    # The sweep's parent run, if it is in this store and experiment (a parent elsewhere
+    # would link the cells across experiments).
+    logged_to = (info.get("tracking_uri"), info.get("experiment_id"))
+    parent = (
+        info.get("parent_run_id") if logged_to == (tracker.uri, tracker.experiment_id) else None
+    )
     if parent is None:
         parent = experiment.open_parent(
             tracker, None, experiment.About(), folder.name, folder, len(info.get("cells"))
@@ -67,7 +76,7 @@ def mirror_sweep(folder: Path, store: str | None) -> experiment.Mirrored:
     return done
 
 
-def mirror_runs(folders: list[Path], store: str | None) -> experiment.Mirrored:
+def mirror_runs(folders: list[Path], store: str | None, name: str | None) -> experiment.Mirrored:
     out = experiment.Mirrored()
     for folder in folders:
         record = records.read_run(folder)
@@ -75,7 +84,7 @@ def mirror_runs(folders: list[Path], store: str | None) -> experiment.Mirrored:
             out.missing += 1
             out.error = out.error or f"{folder / records.RUN_FILE} is unreadable"
             continue
-        cfg = tracking_of(record, store)
+        cfg = tracking_of(record, store, name)
         tracker = mirror.tracker(cfg.uri, cfg.experiment)
         if cell_runs.mirrored(record, records.read_mirror(folder), tracker):
             continue
@@ -95,15 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     cmd = sub.add_parser("mirror", help="log the recorded cells MLflow lacks")
     cmd.add_argument("paths", nargs="+", type=Path, help="sweep or run folders")
     cmd.add_argument("--uri", help="another tracking store than the records name")
+    cmd.add_argument("--experiment", help="another MLflow experiment than the records name")
     args = parser.parse_args(argv)
-    store = uri.move_credentials(args.uri) if args.uri else None
+    store = None
     try:
-        if store is not None:
+        if args.uri:
+            store = uri.move_credentials(args.uri)
             uri.check(store)
         missing = 0
         for path in args.paths:
             if (path / records.SWEEP_FILE).is_file():
-                done = mirror_sweep(path, store)
+                done = mirror_sweep(path, store, args.experiment)
             else:
                 runs = sorted(
                     p.parent
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 if not runs:
                     raise ConfigError(str(path), f"no {records.SWEEP_FILE} or "
                                                  f"{records.RUN_FILE} here")  # fmt: skip
-                done = mirror_runs(sorted(set(runs)), store)
+                done = mirror_runs(sorted(set(runs)), store, args.experiment)
             print(f"{PROG}: {path}: {done.logged} logged, {done.moved} moved under the "
                   f"sweep's parent run, {done.missing} not mirrored")  # fmt: skip
             if done.error:

@@ -78,9 +78,9 @@ class Refused(ConfigError):
         return Refused, (self.uri, self.detail)
 
 
-def refusal(uri: str, exc: MlflowException, wanted: str) -> Refused | None:
+def refusal(uri: str, exc: MlflowException, experiment: str) -> Refused | None:
     """A server's 401 or 403 (its basic-auth app) as :class:`Refused`; None for any other
-    error. ``wanted``: what the client was refused, for the 403."""
+    error. ``experiment``: the one the client was using, which a 403 is about."""
     user = read_mlflow_creds()  # the environment's MLFLOW_TRACKING_*, else ~/.mlflow
     if exc.error_code == "UNAUTHENTICATED":
         fix = (
@@ -90,17 +90,22 @@ def refusal(uri: str, exc: MlflowException, wanted: str) -> Refused | None:
         )
         return Refused(uri, f"401 Unauthorized: {fix}")
     if exc.error_code == "PERMISSION_DENIED":
+        # deploy/basic_auth.ini: researchers read every experiment and write to their own;
+        # EDIT on another's is what creating runs and logging to them takes.
         return Refused(
             uri,
-            f"403 Forbidden: user {user.username} may not {wanted}: "
-            "ask the server's admin for MANAGE permission",
+            f"403 Forbidden: user {user.username} may not log to experiment {experiment}: "
+            "ask the server's admin for EDIT permission on it, or use an experiment of "
+            "your own",
         )
     return None
 
 
 def error_line(exc: BaseException) -> str:
     """An MLflow failure in one line: its kind and the first line of what it says (MLflow's
-    messages run to tracebacks of the server's)."""
+    messages run to tracebacks of the server's); a refusal as it is (one line already)."""
+    if isinstance(exc, Refused):
+        return str(exc)[:400]
     text = " ".join(str(exc).split("\n")[0].split()) or repr(exc)
     if isinstance(exc, MlflowException) and exc.error_code in ("UNAUTHENTICATED",
                                                               "PERMISSION_DENIED"):  # fmt: skip
@@ -118,7 +123,7 @@ class Tracker:
     """Logs finished runs to one MLflow experiment."""
 
     def __init__(self, uri: str, experiment: str):
-        self.uri = uri
+        self.uri, self.experiment = uri, experiment
         try:  # a SQL store is created here; the first request to a server is the next line
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
@@ -126,7 +131,7 @@ class Tracker:
                 found.experiment_id if found else self.client.create_experiment(experiment)
             )
         except MlflowException as exc:
-            if error := refusal(uri, exc, f"use experiment {experiment}"):
+            if error := refusal(uri, exc, experiment):
                 raise error from None  # the server's answer is in the line; its stack is not
             raise ConfigError("tracking.uri", f"{uri}: {error_line(exc)}") from None
         except (OSError, SQLAlchemyError) as exc:  # a store MLflow cannot open or write
@@ -145,11 +150,18 @@ class Tracker:
         can find and trash a half-logged run when it is rerun.
         """
         on_create = on_create or (lambda i, run_id: None)
-        if self.sql_store is None:
+        if self.sql_store is not None:
+            return self._log_runs_sql(runs, on_create)
+        try:
             return [
                 self._log_run(spec, functools.partial(on_create, i)) for i, spec in enumerate(runs)
             ]
-        return self._log_runs_sql(runs, on_create)
+        except MlflowException as exc:
+            # A reader of another's experiment, or a password changed mid-sweep: the line
+            # says what to ask for, where the server's own says "Permission denied".
+            if error := refusal(self.uri, exc, self.experiment):
+                raise error from None
+            raise
 
     def _log_run(self, spec: RunSpec, on_create: Callable[[str], None]) -> str:
         """Through the client: create_run, log_batch calls, log_inputs, artifacts,
