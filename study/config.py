@@ -203,6 +203,12 @@ class TrackingConfig:
     # the layers.parquet artifact either way. Large sweeps log fewer: each costs a row
     # per layer in the tracking database.
     layer_metrics: list[str] = field(default_factory=lambda: list(LAYER_STATS))
+    # SQL stores (sqlite://, postgresql://): true writes a group's runs in one transaction
+    # of MLflow's own table models (study.tracking.bulk, tested against this MLflow version
+    # only); false logs them through MLflow's public client, run by run, as to a tracking
+    # server: the way out should a new MLflow change its tables. The same runs either way
+    # (tests/test_bulk.py); how a cell is logged, not what it computes (records.cell_key).
+    bulk: bool = True
 
 
 @dataclass

@@ -260,7 +260,7 @@ def log_cells(
     """
     if not cells:
         return []
-    tracker = mirror.tracker(tracking_cfg.uri, tracking_cfg.experiment)
+    tracker = mirror.tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.bulk)
     out_dirs = [Path(out_dir) for _, _, out_dir in cells]
     specs = [
         run_spec(tracking_cfg, record, layers, out_dir, parent_run_id,
