@@ -140,7 +140,8 @@ class VmapNets:
 
     def __init__(self, models: list[nets.MLP]):
         params, self.buffers = torch.func.stack_module_state(models)
-        # Leaves of their own: torch.optim steps them, torch.func.grad differentiates copies.
+        # Detached: parameters that require grad would make each vmap(grad) call also record
+        # an outer autograd graph (for a second derivative) that nothing uses.
         self.params = {name: p.detach() for name, p in params.items()}
         self.base = copy.deepcopy(models[0]).to("meta")
 
@@ -150,9 +151,8 @@ class VmapNets:
 
 
 def train_vmapped(vm: VmapNets, cfgs: list[Config], x: torch.Tensor, y: torch.Tensor) -> None:
-    """``cfgs[0].train.steps`` steps of the nets: per-net gradients by ``vmap(grad(loss))``
-    (no autograd graph kept between calls), then ``torch.optim.SGD`` over the stacked
-    tensors, as it steps a net alone (``plain``)."""
+    """``cfgs[0].train.steps`` steps of the nets: per-net gradients by ``vmap(grad(loss))``,
+    then ``torch.optim.SGD`` over the stacked tensors, as it steps a net alone (``plain``)."""
     o = cfgs[0].optim
     if any(c.optim.lr != o.lr for c in cfgs):  # a stacked tensor takes one rate in torch.optim
         raise ValueError("the vmap variant trains nets of one learning rate")
