@@ -115,14 +115,15 @@ def test_the_estimate_is_exact_with_as_many_directions_as_units_and_unbiased_wit
 
 
 def test_measure_averages_examples_and_switches_to_the_estimate_above_the_exact_width():
-    cfg = ModelConfig(depth=3, width=16, activation=Activation.tanh, init=Init.orthogonal)
+    cfg = ModelConfig(depth=3, width=16, activation=Activation.tanh, init=Init.gaussian)
+    cfg.sigma_w2, cfg.sigma_b2 = 1.2, 0.1  # a stem with biases
     stack = stack_of(cfg)
     x = torch.randn(2, 8, FEATURES, generator=torch.Generator().manual_seed(2))
     probe = ProbeConfig(jacobian=True, jacobian_examples=3)
     got = jacobian.measure(stack, x, probe, seeds=[0, 1])
-    with torch.no_grad():
-        h0 = jacobian.linear(x, stack.params["stem.weight"], stack.params["stem.bias"]).double()
-        s = torch.stack([jacobian.singular_values(stack, h0[:, k]) for k in range(3)])
+    with torch.no_grad():  # h_0: the module's own stem, on the first 3 examples
+        h0 = torch.stack([nets.build(FEATURES, 3, cfg, g).stem(x[g, :3]) for g in (0, 1)])
+        s = torch.stack([jacobian.singular_values(stack, h0[:, k].double()) for k in range(3)])
     eig = s.square()
     assert got["jacobian_eig_mean"] == pytest.approx(eig.mean(dim=-1).mean(dim=0).tolist())
     assert got["jacobian_eig_var"] == pytest.approx(eig.var(-1, correction=0).mean(0).tolist())
@@ -141,6 +142,13 @@ def test_relu_jacobians_are_singular_and_batch_norm_has_none():
     relu = jacobian.measure(stack_of(ModelConfig(depth=3, width=16)), x, ProbeConfig(), [0, 1])
     assert relu["jacobian_singular"] == [True, True]  # a dead unit of h_L: a zero row of J
     assert relu["jacobian_log10_cond"] == [math.inf, math.inf]
+    # One example of three saturates every tanh unit (phi' = 0 in float64): that one is enough.
+    tanh = stack_of(ModelConfig(depth=3, width=16, activation=Activation.tanh))
+    x[:, 0] *= 1e4
+    one = jacobian.measure(tanh, x, ProbeConfig(jacobian_examples=3), [0, 1])
+    assert one["jacobian_singular"] == [True, True] and one["jacobian_log10_cond"][0] == math.inf
+    rest = jacobian.measure(tanh, x[:, 1:], ProbeConfig(jacobian_examples=2), [0, 1])
+    assert rest["jacobian_singular"] == [False, False]
     bn = ModelConfig(depth=3, width=16, norm=Norm.batch)
     got = jacobian.measure(stack_of(bn), x, ProbeConfig(), [0, 1])
     assert np.isnan(got["jacobian_eig_mean"]).all() and got["jacobian_singular"] == [None, None]

@@ -169,6 +169,7 @@ def test_nets_of_a_variance_grid_share_their_noise(init):
     for name in a:
         if name.endswith("weight"):
             torch.testing.assert_close(b[name], math.sqrt(2.5) * a[name])
+            assert torch.equal(flat[name], a[name])  # sigma_b^2 = 0 draws its biases too
         else:
             torch.testing.assert_close(b[name], 2.0 * a[name])
             assert torch.count_nonzero(flat[name]) == 0 and torch.count_nonzero(a[name]) > 0
