@@ -118,6 +118,9 @@ def assert_same(a: loop.Outcome, b: loop.Outcome) -> None:
     )  # fmt: skip
     assert a.curve == b.curve
     np.testing.assert_array_equal(list(a.metrics.values()), list(b.metrics.values()))
+    assert a.jacobian.keys() == b.jacobian.keys()
+    jacobians = [np.array(list(o.jacobian.values()), dtype=float) for o in (a, b)]  # None: NaN
+    np.testing.assert_array_equal(*jacobians)
     assert a.layers.keys() == b.layers.keys()
     for name in a.layers:
         np.testing.assert_array_equal(a.layers[name], b.layers[name], err_msg=name)
@@ -128,7 +131,11 @@ def assert_same(a: loop.Outcome, b: loop.Outcome) -> None:
     [(), ("model.norm=batch", "model.skip=residual"), ("model.activation=tanh", "model.skip=dense"),
      ("optim=adamw", "model.norm=layer", "model.skip=highway"),
      ("model.dropout=0.3", "model.norm=batch", "model.skip=residual", "train.curriculum=linear"),
-     ("model.dropout=0.2", "model.skip=dense", "train.eval_train=true")],
+     ("model.dropout=0.2", "model.skip=dense", "train.eval_train=true"),
+     # the Jacobian probe, exact (W = 16) then estimated from each net's own directions
+     ("probe.jacobian=true", "model.activation=tanh", "model.norm=layer", "model.skip=highway"),
+     ("probe.jacobian=true", "probe.jacobian_exact_width=8", "probe.jacobian_vectors=4",
+      "model.activation=prelu", "model.skip=residual")],
 )  # fmt: skip
 def test_a_net_alone_and_in_its_group_give_bitwise_the_same_record(prepared, extra):
     from study.data import load
@@ -136,6 +143,9 @@ def test_a_net_alone_and_in_its_group_give_bitwise_the_same_record(prepared, ext
     cfgs = [_with_dir(c, prepared) for c in group_configs(*extra)]
     splits = load(cfgs[0].data)
     group = run_group(cfgs, splits)
+    if cfgs[0].probe.jacobian:  # measured, and each net's own (no two nets alike)
+        means = [out.jacobian["jacobian_eig_mean"] for out in group]
+        assert np.all(np.isfinite(means)) and len(set(means)) == len(means) // 2  # lr pairs
     for cfg, in_group in zip(cfgs, group, strict=True):
         assert_same(run_group([cfg], splits)[0], in_group)
     again = run_group(cfgs, splits)  # same group, same seeds: identical numbers

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from study import records
 from study.config import (
+    JACOBIAN_STATS,
     LAYER_STATS,
     Activation,
     Curriculum,
@@ -135,6 +136,11 @@ def _summary_kind(column: str) -> Kind:
 OPTIONAL_FIELDS: dict[str, Kind] = {
     **{f"metrics.{name}": _or_null(NUMBER) for name in METRICS},
     **{f"summary.{column}": _summary_kind(column) for column in SUMMARY_COLUMNS},
+    # the Jacobian's spectrum, where probe.jacobian measured it
+    **{
+        f"summary.{name}": _or_null(FLAG if name == "jacobian_singular" else NUMBER)
+        for name in JACOBIAN_STATS
+    },
     **{f"timings.{name}": _or_null(NUMBER) for name in ("wall_s", "train_s", "probe_s")},
 }
 

@@ -38,6 +38,7 @@ from study import records
 from study.analysis import checks
 from study.analysis.checks import CURVE_STATS, LAYER_TABLE, METRICS
 from study.config import (
+    JACOBIAN_STATS,
     LAYER_STATS,
     Activation,
     Curriculum,
@@ -111,6 +112,8 @@ RUN_COLUMNS: dict[str, Any] = {
         )
         for column in SUMMARY_COLUMNS
     },
+    # The Jacobian's spectrum at init (probe.jacobian); <NA>/NaN where not measured.
+    **{k: "boolean" if k == "jacobian_singular" else "float64" for k in JACOBIAN_STATS},
     "wall_s": "float64",
     "train_s": "float64",
     "probe_s": "float64",
@@ -191,6 +194,7 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "probe_schedule": probe["schedule"],
         **{k: (record.get("metrics") or {}).get(k) for k in METRICS},
         **{k: summary.get(k) for k in _SUMMARY},
+        **{k: summary.get(k) for k in JACOBIAN_STATS},
         **{k: (record.get("timings") or {}).get(k) for k in ("wall_s", "train_s", "probe_s")},
         "error": record.get("error"),
         "cell_key": record["cell_key"],
@@ -200,6 +204,8 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "mlflow_run_id": None,  # from the cell's mlflow.json, by gather
         "run_dir": run_dir,
     }
+    if summary.get("jacobian_singular"):  # +inf, which run.json holds as null
+        row["jacobian_log10_cond"] = np.inf
     return row
 
 

@@ -24,7 +24,7 @@ import torch
 
 from study.config import Config
 from study.data import Splits
-from study.engine import curriculum
+from study.engine import curriculum, jacobian
 from study.engine.optimizers import StackOptimizer
 from study.engine.probes import STATS, Probe, probe_steps
 from study.engine.stack import Dropout, Stack, per_net_loss
@@ -57,6 +57,8 @@ class Outcome:
     plateau_at_step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # The Jacobian's spectrum at initialization (probe.jacobian; study.engine.jacobian).
+    jacobian: dict[str, float | bool | None] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -198,6 +200,15 @@ class Run:
             self.rows[i].append((step, {k: v[position] for k, v in stats.items()}))
         self.clock.charge(self.roster.alive, probing=True)
 
+    def measure_jacobian(self) -> None:
+        """Each net's Jacobian spectrum at initialization, on its own probe batch (probing time)."""
+        self.clock.charge(self.roster.alive)
+        x = self.probe.batches[0][0]
+        stats = jacobian.measure(self.stack, x, self.cfg.probe, [c.seed for c in self.cfgs])
+        for position, i in enumerate(self.roster.alive):
+            self.outcomes[i].jacobian = {key: values[position] for key, values in stats.items()}
+        self.clock.charge(self.roster.alive, probing=True)
+
     def retire_diverged(self, step: int) -> None:
         self.clock.charge(self.roster.alive)  # the time until now is shared by all of them
         bad = self.losses.non_finite(step)
@@ -257,6 +268,8 @@ class Run:
     def train(self) -> list[Outcome]:
         cfg, steps = self.cfg, self.cfg.train.steps
         due = set(probe_steps(cfg.probe.schedule, steps)) if cfg.probe.enabled else set()
+        if cfg.probe.jacobian:
+            self.measure_jacobian()
         if 0 in due:
             self.measure(0)
         clip, stack = cfg.optim.clip_norm, self.stack
