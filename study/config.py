@@ -54,6 +54,14 @@ class Init(enum.StrEnum):
     scaled_orthogonal = "scaled_orthogonal"  # sqrt(sigma_w2) * orthogonal, biases N(0, sigma_b2)
 
 
+class Scaling(enum.StrEnum):
+    """How a residual block scales its branch: x + s f(x)."""
+
+    constant = "constant"  # s = model.residual.scale
+    sqrt_depth = "sqrt_depth"  # s = scale / sqrt(depth): the stream's variance stays bounded
+    rezero = "rezero"  # s learned, one per block, from 0 (ReZero, SkipInit): identity at init
+
+
 class Norm(enum.StrEnum):
     none = "none"
     batch = "batch"
@@ -130,11 +138,18 @@ class DataConfig:
     target_accuracy: float = 0.5
     # Multiplies the standardized features when a run reads them (C14: small inputs).
     input_scale: float = 1.0
+    # The task a run trains on, cut from the prepared one (study.data.task): the training
+    # split's first `train_examples` (null: all), and `label_noise` of its labels replaced by
+    # another class, the same ones for every run (drawn from data.seed). Validation and test
+    # stay as prepared: a net that learns the noise generalizes worse.
+    train_examples: int | None = None
+    label_noise: float = 0.0
 
 
 @dataclass
 class ResidualConfig:
     scale: float = 1.0  # x + scale * block(x)
+    scaling: Scaling = Scaling.constant  # ... or scale / sqrt(depth), or learned from 0
 
 
 @dataclass
@@ -165,6 +180,15 @@ class ModelConfig:
     # need both; every other init sets its own, and refuses these.
     sigma_w2: float | None = None
     sigma_b2: float | None = None
+
+    def branch_scale(self) -> float:
+        """The factor on each residual branch at initialization."""
+        scaling = self.residual.scaling
+        if scaling == Scaling.rezero:
+            return 0.0
+        if scaling == Scaling.sqrt_depth:
+            return self.residual.scale / math.sqrt(self.depth)
+        return self.residual.scale
 
     def block_width(self) -> int:
         """The units a block outputs: the stream's width, or for dense nets the ``growth`` it
@@ -363,6 +387,12 @@ def validate(cfg: Config) -> None:
         f"unknown statistic {unknown[:1]}, expected some of: {', '.join(LAYER_STATS)}",
     )
     _require(d.input_scale > 0, "data.input_scale", f"must be > 0, got {d.input_scale}")
+    _require(
+        d.train_examples is None or d.train_examples >= 2,
+        "data.train_examples",
+        f"must be >= 2 or null (all), got {d.train_examples}",
+    )
+    _require(0 <= d.label_noise < 1, "data.label_noise", f"must be in [0, 1), got {d.label_noise}")
     _require(
         0 < d.target_accuracy <= 1,
         "data.target_accuracy",

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.config import Activation, ModelConfig, Norm, OptimConfig, Optimizer, Skip
+from study.config import (
+    Activation,
+    ModelConfig,
+    Norm,
+    OptimConfig,
+    Optimizer,
+    ResidualConfig,
+    Scaling,
+    Skip,
+)
 from study.engine import loop, nets
 from study.engine.optimizers import StackOptimizer
 from study.engine.probes import Probe
@@ -191,6 +200,29 @@ def test_stack_gradients_equal_each_net_alone(norm, skip):
         torch.nn.functional.cross_entropy(model(x[g]), y[g]).backward()
         for name, p in model.named_parameters():
             torch.testing.assert_close(_grad(stack, name)[g], p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaling", [Scaling.sqrt_depth, Scaling.rezero])
+@pytest.mark.parametrize("norm", [Norm.none, Norm.batch])
+def test_scaled_residual_branches_in_the_stack_equal_each_net_alone(norm, scaling):
+    """x + s f(x) with s = scale / sqrt(depth), or learned from 0 (ReZero): forward and every
+    gradient (the learned scale's too) as PyTorch's modules compute them."""
+    cfg = ModelConfig(depth=4, width=16, norm=norm, skip=Skip.residual,
+                      residual=ResidualConfig(scale=0.5, scaling=scaling))  # fmt: skip
+    models = built(cfg)
+    stack = Stack.of(models, cfg)
+    x, y = torch.randn(3, 32, 10), torch.randint(0, 5, (3, 32))
+    out = stack(x)
+    per_net_loss(out, y).sum().backward()
+    for g, model in enumerate(models):
+        torch.testing.assert_close(out[g], model(x[g]), rtol=1e-5, atol=1e-5)
+        torch.nn.functional.cross_entropy(model(x[g]), y[g]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(_grad(stack, name)[g], p.grad, rtol=1e-4, atol=1e-6)
+    if scaling == Scaling.rezero:  # at init every block is skipped: the stem, then the head
+        direct = [m.head(m.stem(x[g])) for g, m in enumerate(models)]
+        torch.testing.assert_close(out, torch.stack(direct), rtol=1e-5, atol=1e-6)
+        assert all(_grad(stack, "layers.0.alpha")[g].abs() > 0 for g in range(3))
 
 
 def _grad(stack: Stack, name: str) -> torch.Tensor:

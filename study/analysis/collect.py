@@ -46,6 +46,7 @@ from study.config import (
     Init,
     Norm,
     Optimizer,
+    Scaling,
     Schedule,
     Skip,
 )
@@ -68,11 +69,14 @@ AXES: dict[str, Any] = {
     "init": _categories(Init),
     "norm": _categories(Norm),
     "skip": _categories(Skip),
+    "residual_scaling": _categories(Scaling),  # a residual branch's s (study.config.Scaling)
     "dropout": "float64",
     "curriculum": _categories(Curriculum),
     "seed": "int64",
     "dataset": _categories(Dataset),
     "input_scale": "float64",
+    "train_examples": "Int64",  # <NA>: the whole training split
+    "label_noise": "float64",
     "optimizer": _categories(Optimizer),
     "lr": "float64",
     "clip_norm": "float64",  # NaN: no clipping
@@ -102,6 +106,7 @@ RUN_COLUMNS: dict[str, Any] = {
     "steps_done": "Int64",
     "diverged_at_step": "Int64",  # <NA>: did not diverge
     "steps_to_target": "Int64",  # <NA>: never reached data.target_accuracy
+    "plateau_at_step": "Int64",  # <NA>: still improving at its last step (train.patience)
     **{
         column: (
             "boolean"
@@ -171,11 +176,14 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "init": model["init"],
         "norm": model["norm"],
         "skip": model["skip"],
+        "residual_scaling": model["residual"]["scaling"],
         "dropout": model["dropout"],
         "curriculum": train["curriculum"],
         "seed": config["seed"],
         "dataset": config["data"]["name"],
         "input_scale": config["data"]["input_scale"],
+        "train_examples": config["data"]["train_examples"],
+        "label_noise": config["data"]["label_noise"],
         "optimizer": optim["name"],
         "lr": optim["lr"],
         "clip_norm": optim["clip_norm"] if optim["clip_norm"] is not None else np.nan,
@@ -209,7 +217,8 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
     return row
 
 
-_SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", *SUMMARY_COLUMNS)
+_SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", "plateau_at_step",
+            *SUMMARY_COLUMNS)  # fmt: skip
 
 
 def typed(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:

@@ -191,13 +191,17 @@ class Run:
 
     # -- what happens at the steps where the host looks -----------------------------------
 
-    def measure(self, step: int, update_ratio: np.ndarray | None = None) -> None:
+    def measure(
+        self, step: int, update_ratio: np.ndarray | None = None, only: set[int] | None = None
+    ) -> None:
+        """Probe the stack; record it for every alive net, or the positions ``only``."""
         self.clock.charge(self.roster.alive)
         stats = self.probe.measure()
         if update_ratio is not None:
             stats["update_ratio"] = update_ratio
         for position, i in enumerate(self.roster.alive):
-            self.rows[i].append((step, {k: v[position] for k, v in stats.items()}))
+            if only is None or position in only:
+                self.rows[i].append((step, {k: v[position] for k, v in stats.items()}))
         self.clock.charge(self.roster.alive, probing=True)
 
     def measure_jacobian(self) -> None:
@@ -253,12 +257,16 @@ class Run:
                                    [float(v[position]) for pair in splits for v in pair],
                                    strict=True))  # fmt: skip
 
-    def stop_plateaued(self, step: int) -> None:
-        """With early stopping, the nets that reached their plateau at this evaluation."""
+    def stop_plateaued(self, step: int, probed: bool) -> None:
+        """With early stopping, the nets that reached their plateau at this evaluation: probed
+        there (unless this step was probed already), as every run is after its last update,
+        then evaluated and retired."""
         done = [
             p for p, i in enumerate(self.roster.alive)
             if self.cfgs[i].train.early_stop and self.outcomes[i].plateau_at_step == step
         ]  # fmt: skip
+        if done and self.cfg.probe.enabled and not probed:
+            self.measure(step, only=set(done))
         self.finish(done, step)
         self.clock.charge(self.roster.alive)
         self.roster.retire(done)
@@ -300,7 +308,7 @@ class Run:
                 self.measure(step, self.probe.update_ratio())
             if eval_due:
                 self.evaluate_curves(step)
-                self.stop_plateaued(step)
+                self.stop_plateaued(step, probe_due)
                 if not self.roster.alive:
                     break
         if steps > 0:

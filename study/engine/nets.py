@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from study.config import EXPLICIT_INITS, Activation, Init, ModelConfig, Norm, Skip
+from study.config import EXPLICIT_INITS, Activation, Init, ModelConfig, Norm, Scaling, Skip
 
 # --------------------------------------------------------------------------- activations
 
@@ -180,16 +180,19 @@ class PlainLayer(nn.Module):
 
 
 class ResidualLayer(nn.Module):
-    """x + scale * block(x)."""
+    """x + s * block(x): s = scale, scale / sqrt(depth), or learned from 0 (``alpha``)."""
 
     def __init__(self, fan_in: int, cfg: ModelConfig):
         super().__init__()
         self.block = Block(fan_in, cfg.width, cfg)
-        self.scale = cfg.residual.scale
+        self.scale = cfg.branch_scale()
+        if cfg.residual.scaling == Scaling.rezero:
+            self.alpha = nn.Parameter(torch.zeros(1))
         self.out_features = cfg.width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.scale * self.block(x)
+        scale = self.alpha if hasattr(self, "alpha") else self.scale
+        return x + scale * self.block(x)
 
 
 class HighwayLayer(nn.Module):
@@ -321,6 +324,8 @@ def initial_state(
         if cfg.skip == Skip.highway:
             _linear_state(params, prefix + "gate.", width, cfg.width, cfg, gen)
             params[prefix + "gate.bias"].fill_(cfg.highway.gate_bias)
+        if cfg.skip == Skip.residual and cfg.residual.scaling == Scaling.rezero:
+            params[prefix + "alpha"] = torch.zeros(1)  # no draw: the stream is as without it
         width = width + out if cfg.skip == Skip.dense else cfg.width
     _linear_state(params, "head.", width, num_classes, cfg, gen)
     return params, buffers

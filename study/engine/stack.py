@@ -149,6 +149,7 @@ class Stack:
         self.norm_eps = getattr(norm, "eps", 0.0)
         self.norm_momentum = getattr(norm, "momentum", 0.0)
         self.act = ACTIVATIONS[cfg.activation].make()
+        self.branch = cfg.branch_scale()  # a residual branch's fixed factor
         self.training = True
 
     @classmethod
@@ -251,7 +252,8 @@ class Stack:
             if cfg.skip == Skip.none:
                 out = a
             elif cfg.skip == Skip.residual:
-                out = h + cfg.residual.scale * a
+                scale = p.get(pre + "alpha")  # learned, (G, 1): ReZero's
+                out = h + (scale.unsqueeze(-1) * a if scale is not None else self.branch * a)
             elif cfg.skip == Skip.highway:
                 t = torch.sigmoid(linear(h, p[pre + "gate.weight"], p[pre + "gate.bias"]))
                 out = t * a + (1 - t) * h
