@@ -94,7 +94,8 @@ class Compare:
         if not {"a", "b"} <= set(mean.columns):
             return Units(pd.Series(dtype=float))
         # a side averaging k cells: the variance of the mean of their means
-        var = (grouped["_var"].sum() / grouped["_var"].size() ** 2).unstack("_side")
+        # (min_count: a side whose errors are unknown has an unknown error, not zero)
+        var = (grouped["_var"].sum(min_count=1) / grouped["_var"].size() ** 2).unstack("_side")
         seeds = grouped["_seeds"].min().unstack("_side").min(axis=1)
         values = (mean["a"] - mean["b"]).dropna()
         se = np.sqrt(var["a"] + var["b"]).reindex(values.index)
