@@ -8,10 +8,11 @@ per-layer log10 ratio 0.5 log10 chi (the ``log10_rate`` of ``study.engine.probes
   batch, and the exact infinite-width rate at the probe's batch size B
   (:func:`finite_batch_chi`), which is larger: small batches explode faster;
 - layer norm: E[phi'^2] / E[phi^2] (large width);
-- residual blocks x + s phi(W x) without norm (:func:`residual_factors`): the stream
-  gradient grows by 1 + s^2 chi(q_l) per block while the stream's variance grows, and the
-  gradient at a block's Linear output also carries the ratio of E[phi'^2] between
-  neighbouring blocks (1 for ReLU; for tanh it is what makes the rate 20% steeper).
+- residual blocks x + s phi(W x) without norm (``study.analysis.residual``): the stream
+  carries a mean when E[phi] != 0, and besides mean field's bulk, growing by
+  1 + s^2 chi(q_l) per block, the gradient has a mode along the stream and the all-ones
+  direction that starts at a 1/width share and grows as fast as the drifting stream
+  (2.904 per block for ReLU at s = 1): the measured residual-ReLU excess.
 
 Highway, dense and normalized residual nets get no prediction.
 """
@@ -27,6 +28,8 @@ import torch
 from scipy.special import roots_jacobi
 
 from study.analysis import meanfield
+from study.analysis.residual import residual_backward_factors as residual_backward_factors
+from study.analysis.residual import Head, residual_factors
 from study.config import Activation, Init, Norm, Skip
 from study.engine import nets
 from study.engine.probes import interior
@@ -121,67 +124,6 @@ def layernorm_chi(activation: Activation | str) -> float:
     return meanfield.gauss(lambda u: g(u) ** 2) / meanfield.gauss(lambda u: f(u) ** 2)
 
 
-# ------------------------------------------------------------------------ residual nets
-
-
-def residual_factors(
-    activation: Activation | str,
-    stream: float,
-    sigma_w2: float,
-    depth: int,
-    sigma_b2: float = 0.0,
-    scale: float = 1.0,
-) -> np.ndarray:
-    """Per-block factors g_l^2 / g_{l+1}^2 of the gradient at the block Linears' outputs,
-    for blocks x_{l+1} = x_l + s phi(W_l x_l) without normalization (s = ``scale``).
-
-    ``stream`` is the variance of the stem's output. Block l reads the stream at variance
-    v_l: q_l = sigma_w^2 v_l + sigma_b^2, and v_{l+1} = v_l + s^2 E[phi(sqrt(q_l) z)^2].
-    The stream gradient G_l grows by 1 + s^2 chi(q_l) per block, and the gradient at
-    z_l = W_l x_l is s phi'(z_l) times G_{l+1}, so with e(q) = E[phi'(sqrt(q) z)^2]:
-
-        g_l^2 / g_{l+1}^2 = (1 + s^2 chi(q_{l+1})) e(q_l) / e(q_{l+1}).
-
-    The last entry (no block above) is NaN.
-    """
-    q = np.empty(depth)
-    for layer in range(depth):
-        q[layer] = sigma_w2 * stream + sigma_b2
-        stream += scale**2 * meanfield.q_map(activation, q[layer], sigma_w2=1.0)
-    e = np.array([meanfield.chi(activation, ql, sigma_w2=1.0) for ql in q])
-    factors = np.full(depth, np.nan)
-    factors[:-1] = (1.0 + scale**2 * sigma_w2 * e[1:]) * e[:-1] / e[1:]
-    return factors
-
-
-def residual_backward_factors(
-    width: int, blocks: int = 64, reuse_forward_weights: bool = True, seed: int = 0
-) -> np.ndarray:
-    """Per-block growth of the squared stream gradient of a He-initialised residual ReLU
-    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64 (the
-    Gaussian draws in float32: a quarter of the cost, and these draws are most of it); index 0
-    is the block nearest the output. With ``reuse_forward_weights=False`` the backward pass
-    draws fresh weights: the gradient-independence assumption of mean field, which predicts
-    1 + chi_branch = 2 per block."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def weight() -> torch.Tensor:
-        return torch.randn(width, width, generator=gen).double() * math.sqrt(2 / width)
-
-    x = torch.randn(16, width, generator=gen).double()
-    weights, pre = [weight() for _ in range(blocks)], []
-    for w in weights:
-        pre.append(x @ w.T)
-        x = x + torch.relu(pre[-1])
-    g, factors = torch.randn(16, width, generator=gen).double(), []
-    for w, h in zip(reversed(weights), reversed(pre), strict=True):
-        w = w if reuse_forward_weights else weight()
-        new = g + ((h > 0).double() * g) @ w
-        factors.append((new.pow(2).sum() / g.pow(2).sum()).item())
-        g = new
-    return np.array(factors)
-
-
 # -------------------------------------------------------------------- a cell of the grid
 
 
@@ -228,6 +170,7 @@ def predict(
     input_second_moment: float = 1.0,
     batch_size: int | None = None,
     residual_scale: float = 1.0,
+    num_classes: int = 10,
 ) -> Prediction:
     """The prediction for a cell, on the same interior layers the measurement fits.
 
@@ -253,8 +196,9 @@ def predict(
         c = layernorm_chi(activation)
         return Prediction(sw2, None, c, 0.5 * math.log10(c), None, "layer norm, large width")
     if skip is Skip.residual:
-        chis = residual_factors(activation, stem, sw2, depth, sb2, residual_scale)
-        basis = "residual: 1 + s^2 chi_branch and the E[phi'^2] ratio along the stream"
+        head = Head(nets.sigma_w2(init, activation, width, num_classes), sb2, num_classes)
+        chis = residual_factors(activation, stem, sw2, depth, width, sb2, residual_scale, head)
+        basis = "residual: the drifting stream's bulk and mean modes at the cell's width"
         q_star = None
     else:
         q = meanfield.q_sequence(activation, sw2 * stem + sb2, sw2, depth, sb2)
