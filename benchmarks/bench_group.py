@@ -2,7 +2,7 @@
 
 G nets of one shape (default: 20 nets, depth 32, width 64, batch 64, relu, no norm, no
 skip, SGD with momentum; seeds 0..G-1, alternating two inits), the same steps and
-batches, one CPU thread, four ways:
+batches, one CPU thread, five ways:
 
 - ``plain``: each net alone in a plain PyTorch loop (``nets.build`` + ``torch.optim.SGD``,
   no probes, no evaluation): what a single run costs without the study's engine;
@@ -10,6 +10,13 @@ batches, one CPU thread, four ways:
   probes and evaluations;
 - ``stacked``: the G nets as one stack (``study.engine.stack``, ``study.engine.optimizers``) in
   a plain loop, no probes, no evaluation: what the stacked arithmetic costs in PyTorch's eager mode;
+- ``vmap``: the G nets' own modules (``nets.build``) through torch.func, in the same plain
+  loop: parameters stacked by ``torch.func.stack_module_state``, per-net gradients by
+  ``torch.vmap(torch.func.grad(loss))`` with the loss a ``functional_call`` of the module,
+  and ``torch.optim.SGD`` over the stacked tensors. It trains what ``stacked`` trains
+  (``tests/test_benchmarks.py``: the parameters after 10 steps agree to float32 rounding);
+  the difference is the cost of PyTorch's generic batching against the engine's hand-written
+  stack (``study.engine.stack``'s docstring says what else tells them apart);
 - ``group``: the G nets as one stack through ``study.engine.loop.run``, probes and evaluations
   included.
 
@@ -23,12 +30,25 @@ own overhead, mostly elementwise passes over activations that no longer fit the 
 The variants alternate within each repeat; medians are reported. Timings are printed,
 never asserted.
 
+The shape has no norm and no dropout, and the ``vmap`` variant refuses nets of different
+learning rates; what torch.func does with each (torch 2.13.0, checked 2026-12-06): batch
+norm in training mode runs under vmap when each net's running statistics are stacked and
+passed batched (as ``VmapNets`` passes its buffers), and moves each net's statistics as its
+module would; passed unbatched (one set for all nets) it stops with "Batch norm got a
+batched tensor as input while the running_mean or running_var, which will be updated in
+place, were not batched". Dropout
+(``nn.Dropout``) stops in vmap's default ``randomness="error"``; with ``"different"`` every
+net's mask is a slice of one draw from one generator, so it depends on the group.
+``torch.optim.SGD`` takes one rate per tensor, and a (G,) tensor of rates fails in its
+step ("add_(): argument 'alpha' must be Number, not Tensor").
+
     .venv/bin/python benchmarks/bench_group.py [--nets 20] [--steps 200] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -83,23 +103,77 @@ def alone(splits: Splits, cfgs: list[Config]) -> float:
     return time.perf_counter() - t0
 
 
-def stacked(splits: Splits, cfgs: list[Config]) -> float:
-    """The G nets as one stack in a plain loop: forward, loss, backward, step; nothing else."""
-    x = torch.as_tensor(splits.x_train)
-    y = torch.as_tensor(splits.y_train)
-    stack = Stack.of(built(splits, cfgs), cfgs[0].model)
-    t0 = time.perf_counter()
-    optimizer = StackOptimizer(stack, cfgs[0].optim, [c.optim.lr for c in cfgs])
-    streams = [
-        curriculum.epochs(len(x), c.train.batch_size, torch.Generator().manual_seed(c.seed))
+def batch_streams(n: int, cfgs: list[Config]) -> list:
+    """Each net's training batches, from its own stream, as ``loop.run`` draws them."""
+    return [
+        curriculum.epochs(n, c.train.batch_size, torch.Generator().manual_seed(c.seed))
         for c in cfgs
     ]
+
+
+def train_stacked(stack: Stack, cfgs: list[Config], x: torch.Tensor, y: torch.Tensor) -> None:
+    """``cfgs[0].train.steps`` steps of the stack: forward, loss, backward, step."""
+    optimizer = StackOptimizer(stack, cfgs[0].optim, [c.optim.lr for c in cfgs])
+    streams = batch_streams(len(x), cfgs)
     for _ in range(cfgs[0].train.steps):
         idx = torch.stack([next(s) for s in streams])
         loss = per_net_loss(stack(x[idx]), y[idx])
         stack.zero_grad()
         loss.sum().backward()
         optimizer.step()
+
+
+def stacked(splits: Splits, cfgs: list[Config]) -> float:
+    """The G nets as one stack in a plain loop: forward, loss, backward, step; nothing else."""
+    x = torch.as_tensor(splits.x_train)
+    y = torch.as_tensor(splits.y_train)
+    stack = Stack.of(built(splits, cfgs), cfgs[0].model)
+    t0 = time.perf_counter()
+    train_stacked(stack, cfgs, x, y)
+    return time.perf_counter() - t0
+
+
+class VmapNets:
+    """The G nets' modules as torch.func runs them: parameters stacked by
+    ``stack_module_state`` (each (G, ...), Linear weights in the module's (out, in)
+    layout) and one module on the meta device whose forward ``functional_call`` runs."""
+
+    def __init__(self, models: list[nets.MLP]):
+        params, self.buffers = torch.func.stack_module_state(models)
+        # Detached: parameters that require grad would make each vmap(grad) call also record
+        # an outer autograd graph (for a second derivative) that nothing uses.
+        self.params = {name: p.detach() for name, p in params.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+    def loss(self, params: nets.Tensors, buffers: nets.Tensors, x: torch.Tensor, y: torch.Tensor):
+        """One net's mean cross-entropy on its batch: x (B, in), y (B,)."""
+        return F.cross_entropy(torch.func.functional_call(self.base, (params, buffers), (x,)), y)
+
+
+def train_vmapped(vm: VmapNets, cfgs: list[Config], x: torch.Tensor, y: torch.Tensor) -> None:
+    """``cfgs[0].train.steps`` steps of the nets: per-net gradients by ``vmap(grad(loss))``,
+    then ``torch.optim.SGD`` over the stacked tensors, as it steps a net alone (``plain``)."""
+    o = cfgs[0].optim
+    if any(c.optim.lr != o.lr for c in cfgs):  # a stacked tensor takes one rate in torch.optim
+        raise ValueError("the vmap variant trains nets of one learning rate")
+    optimizer = torch.optim.SGD(list(vm.params.values()), lr=o.lr, momentum=o.momentum)
+    per_net_grads = torch.vmap(torch.func.grad(vm.loss))
+    streams = batch_streams(len(x), cfgs)
+    for _ in range(cfgs[0].train.steps):
+        idx = torch.stack([next(s) for s in streams])
+        grads = per_net_grads(vm.params, vm.buffers, x[idx], y[idx])
+        for name, p in vm.params.items():
+            p.grad = grads[name]
+        optimizer.step()
+
+
+def vmapped(splits: Splits, cfgs: list[Config]) -> float:
+    """The G nets' own modules through torch.func in a plain loop; nothing else."""
+    x = torch.as_tensor(splits.x_train)
+    y = torch.as_tensor(splits.y_train)
+    vm = VmapNets(built(splits, cfgs))
+    t0 = time.perf_counter()
+    train_vmapped(vm, cfgs, x, y)
     return time.perf_counter() - t0
 
 
@@ -164,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
                 for s in range(args.nets)]  # fmt: skip
 
     splits = in_memory_splits(args.samples)
-    variants = {"plain": plain, "alone": alone, "stacked": stacked, "group": group}
+    variants = {"plain": plain, "alone": alone, "stacked": stacked, "vmap": vmapped,
+                "group": group}  # fmt: skip
     for run in variants.values():  # first-call costs out of the timings
         run(splits, configs(5)[:2])
     cfgs = configs(args.steps)

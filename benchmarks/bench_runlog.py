@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # for tests.test_runlog
 
 from study import records  # noqa: E402
 from study.config import LAYER_STATS, TrackingConfig  # noqa: E402
-from study.tracking import cell_runs, mirror  # noqa: E402
+from study.tracking import cell_runs  # noqa: E402
 from tests.test_runlog import LAYER_METRICS, synthetic_cell  # noqa: E402
 
 PATHS = ("client", "bulk")
@@ -73,12 +73,11 @@ def main() -> None:
 def run(work: Path, args: argparse.Namespace) -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     stats = LAYER_METRICS if args.layer_metrics == 3 else list(LAYER_STATS)
-    configs = {
+    configs = {  # tracking.bulk=false: through the client, as to a tracking server
         path: TrackingConfig(uri=uri, experiment=path, profile_plot=not args.no_picture,
-                             layer_metrics=stats)
+                             layer_metrics=stats, bulk=path == "bulk")
         for path in PATHS
     }  # fmt: skip
-    mirror.tracker(uri, "client").sql_store = None  # log as to a tracking server
     [(record, layers, out_dir)] = group(work / "probe", 1, args.depth, args.points)
     spec = cell_runs.run_spec(configs["bulk"], record, layers, out_dir, None, [])
     print(

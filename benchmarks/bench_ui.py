@@ -13,7 +13,10 @@
 3. **Browse** it with Playwright driving Debian's chromium: the runs view until its rows
    show, the parent's children after clicking its expander, the saved view "cells", a
    child's run page and the parent's run page. Each timing is from navigation (or the
-   click) until the element a reader waits for is on screen.
+   click) until the element a reader waits for is on screen. The saved view's columns are
+   listed, and the child's page is measured in a 1280 px window: the widest content of
+   any box that scrolls sideways (the window's own included), which fits when it is at
+   most 1280 px.
 
 Timings are printed, never asserted. Everything happens in a temporary folder.
 
@@ -23,6 +26,7 @@ Timings are printed, never asserted. Everything happens in a temporary folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
@@ -55,6 +59,11 @@ GRID = {
 CHROMIUM = "/usr/bin/chromium"
 # The "+" before a parent run's name in the runs table (MLflow 3.17's run name cell).
 EXPANDER = 'button[data-component-id*="runnamecellrenderer"]'
+# The widest content of the window or of any box that scrolls sideways, in px.
+WIDEST = """Math.max(...[document.documentElement, ...document.querySelectorAll('body *')]
+    .filter(e => e === document.documentElement
+                 || ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+    .map(e => e.scrollWidth))"""
 
 
 def cell(out_dir: Path, index: int, values: dict[str, str]) -> tuple:
@@ -123,6 +132,7 @@ def serve(work: Path, port: int) -> tuple[subprocess.Popen, float]:
 def browse(base: str, experiment_id: str, runs: dict[str, str]) -> dict[str, float]:
     """Seconds until each view shows what a reader waits for; ``runs``: name -> run id of a
     child and of the parent."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     view = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -156,6 +166,9 @@ def browse(base: str, experiment_id: str, runs: dict[str, str]) -> dict[str, flo
         page.get_by_text("You're viewing a shared view").wait_for()
         page.locator(rows).first.wait_for()
         out["saved view 'cells': first rows shown"] = time.monotonic() - t0
+        headers = page.evaluate("[...document.querySelectorAll('.ag-header-cell')]"
+                                ".map(h => h.getAttribute('col-id'))")  # fmt: skip
+        print("saved view 'cells': columns " + ", ".join(h for h in headers if "`" in h))
         for label, (name, run_id) in zip(("a child", "the parent"), runs.items(), strict=True):
             t0 = time.monotonic()
             page.goto("about:blank")
@@ -163,6 +176,13 @@ def browse(base: str, experiment_id: str, runs: dict[str, str]) -> dict[str, flo
             page.get_by_role("heading", name=name).wait_for()
             page.get_by_text("Parameters (").first.wait_for()
             out[f"{label}'s run page: parameters shown"] = time.monotonic() - t0
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto("about:blank")
+        page.goto(f"{base}/#/experiments/{experiment_id}/runs/{next(iter(runs.values()))}")
+        page.get_by_text("Reproduce this cell").wait_for()
+        with contextlib.suppress(PlaywrightTimeout):  # its first frames can be wider
+            page.wait_for_function(f"{WIDEST} <= 1280", timeout=10_000)
+        out["child's page at 1280 px: widest content"] = page.evaluate(WIDEST)
         browser.close()
     return out
 
@@ -193,7 +213,7 @@ def main() -> None:
             print(f"study.tracking.ui answered in {started:.1f} s")
             base = f"http://127.0.0.1:{args.port}"
             for name, value in browse(base, experiment_id, runs).items():
-                unit = "" if name.startswith("rows") else " s"
+                unit = "" if name.startswith("rows") else " px" if "widest" in name else " s"
                 print(f"{name:<42} {value:8.1f}{unit}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)

@@ -49,6 +49,17 @@ class Init(enum.StrEnum):
     kaiming_normal = "kaiming_normal"
     orthogonal = "orthogonal"
     lecun_normal = "lecun_normal"
+    # Explicit variances (model.sigma_w2, model.sigma_b2): the phase diagram's grid.
+    gaussian = "gaussian"  # weights N(0, sigma_w2 / fan_in), biases N(0, sigma_b2)
+    scaled_orthogonal = "scaled_orthogonal"  # sqrt(sigma_w2) * orthogonal, biases N(0, sigma_b2)
+
+
+class Scaling(enum.StrEnum):
+    """How a residual block scales its branch: x + s f(x)."""
+
+    constant = "constant"  # s = model.residual.scale
+    sqrt_depth = "sqrt_depth"  # s = scale / sqrt(depth): the stream's variance stays bounded
+    rezero = "rezero"  # s learned, one per block, from 0 (ReZero, SkipInit): identity at init
 
 
 class Norm(enum.StrEnum):
@@ -104,6 +115,15 @@ LAYER_STATS = (
     "update_ratio",
 )
 
+# What the Jacobian probe records per run, in run.json's summary (study.engine.jacobian
+# defines each); the last is a flag: log10_cond is +inf, which JSON writes as null.
+JACOBIAN_STATS = (
+    "jacobian_eig_mean",
+    "jacobian_eig_var",
+    "jacobian_log10_cond",
+    "jacobian_singular",
+)
+
 
 @dataclass
 class DataConfig:
@@ -118,11 +138,18 @@ class DataConfig:
     target_accuracy: float = 0.5
     # Multiplies the standardized features when a run reads them (C14: small inputs).
     input_scale: float = 1.0
+    # The task a run trains on, cut from the prepared one (study.data.task): the training
+    # split's first `train_examples` (null: all), and `label_noise` of its labels replaced by
+    # another class, the same ones for every run (drawn from data.seed). Validation and test
+    # stay as prepared: a net that learns the noise generalizes worse.
+    train_examples: int | None = None
+    label_noise: float = 0.0
 
 
 @dataclass
 class ResidualConfig:
     scale: float = 1.0  # x + scale * block(x)
+    scaling: Scaling = Scaling.constant  # ... or scale / sqrt(depth), or learned from 0
 
 
 @dataclass
@@ -149,6 +176,19 @@ class ModelConfig:
     # Fraction of each block's output units zeroed in training (after the activation, before
     # the skip); evaluation and probes run without it.
     dropout: float = 0.0
+    # The mean-field variances of init gaussian and scaled_orthogonal (EXPLICIT_INITS), which
+    # need both; every other init sets its own, and refuses these.
+    sigma_w2: float | None = None
+    sigma_b2: float | None = None
+
+    def branch_scale(self) -> float:
+        """The factor on each residual branch at initialization."""
+        scaling = self.residual.scaling
+        if scaling == Scaling.rezero:
+            return 0.0
+        if scaling == Scaling.sqrt_depth:
+            return self.residual.scale / math.sqrt(self.depth)
+        return self.residual.scale
 
     def block_width(self) -> int:
         """The units a block outputs: the stream's width, or for dense nets the ``growth`` it
@@ -191,6 +231,14 @@ class ProbeConfig:
     batches: int = 1  # probe batches per measurement, averaged in the squared domain
     batch_size: int = 128
     schedule: Schedule = Schedule.log125  # and always after the last update
+    # The input-output Jacobian of the hidden stream at initialization (study.engine.jacobian):
+    # its spectrum on the first `jacobian_examples` examples of each net's probe batch, exact
+    # up to width `jacobian_exact_width`, above it estimated from `jacobian_vectors` random
+    # directions (mean and variance only).
+    jacobian: bool = False
+    jacobian_examples: int = 4
+    jacobian_exact_width: int = 512
+    jacobian_vectors: int = 32
 
 
 @dataclass
@@ -203,6 +251,12 @@ class TrackingConfig:
     # the layers.parquet artifact either way. Large sweeps log fewer: each costs a row
     # per layer in the tracking database.
     layer_metrics: list[str] = field(default_factory=lambda: list(LAYER_STATS))
+    # SQL stores (sqlite://, postgresql://): true writes a group's runs in one transaction
+    # of MLflow's own table models (study.tracking.bulk, tested against this MLflow version
+    # only); false logs them through MLflow's public client, run by run, as to a tracking
+    # server: the way out should a new MLflow change its tables. The same runs either way
+    # (tests/test_bulk.py); how a cell is logged, not what it computes (records.cell_key).
+    bulk: bool = True
 
 
 @dataclass
@@ -224,6 +278,10 @@ class Config:
 # launchers' default ``group_over``, plus the run name made from them): each net draws its
 # own init and keeps its own learning rate, dropout rate and masks, and batches.
 STACKABLE = ("seed", "run_name", "model.init", "optim.lr", "model.dropout", "train.curriculum")
+
+
+# The inits that take their variances from model.sigma_w2 and model.sigma_b2.
+EXPLICIT_INITS = (Init.gaussian, Init.scaled_orthogonal)
 
 
 class ConfigError(ValueError):
@@ -274,6 +332,7 @@ def validate(cfg: Config) -> None:
     _require(m.dense.growth >= 1, "model.dense.growth", f"must be >= 1, got {m.dense.growth}")
     _require(m.residual.scale > 0, "model.residual.scale", f"must be > 0, got {m.residual.scale}")
     _require(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _check_variances(m)
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
@@ -299,6 +358,21 @@ def validate(cfg: Config) -> None:
     )
     _require(t.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {t.threads}")
     _require(p.batches >= 1, "probe.batches", f"must be >= 1, got {p.batches}")
+    _require(
+        1 <= p.jacobian_examples <= p.batch_size,
+        "probe.jacobian_examples",
+        f"must be in [1, probe.batch_size = {p.batch_size}], got {p.jacobian_examples}",
+    )
+    _require(
+        p.jacobian_exact_width >= 0,
+        "probe.jacobian_exact_width",
+        f"must be >= 0 (0: always estimate), got {p.jacobian_exact_width}",
+    )
+    _require(
+        p.jacobian_vectors >= 2,
+        "probe.jacobian_vectors",
+        f"must be >= 2, got {p.jacobian_vectors}",
+    )
     # Batch norm needs two examples to have a batch variance.
     _require(p.batch_size >= 2, "probe.batch_size", f"must be >= 2, got {p.batch_size}")
     _require(
@@ -314,10 +388,39 @@ def validate(cfg: Config) -> None:
     )
     _require(d.input_scale > 0, "data.input_scale", f"must be > 0, got {d.input_scale}")
     _require(
+        d.train_examples is None or d.train_examples >= 2,
+        "data.train_examples",
+        f"must be >= 2 or null (all), got {d.train_examples}",
+    )
+    _require(0 <= d.label_noise < 1, "data.label_noise", f"must be in [0, 1), got {d.label_noise}")
+    _require(
         0 < d.target_accuracy <= 1,
         "data.target_accuracy",
         f"must be in (0, 1], got {d.target_accuracy}",
     )
+
+
+def _check_variances(m: ModelConfig) -> None:
+    """model.sigma_w2 and model.sigma_b2: both set with an explicit-variance init, neither
+    with any other (whose variances are its own: a value there would be silently unread)."""
+    explicit = ", ".join(EXPLICIT_INITS)
+    if m.init not in EXPLICIT_INITS:
+        for key, value in (("model.sigma_w2", m.sigma_w2), ("model.sigma_b2", m.sigma_b2)):
+            _require(
+                value is None,
+                key,
+                f"init {m.init} sets its own variances: model.sigma_w2 and model.sigma_b2 are "
+                f"read only by init {explicit} (leave them null)",
+            )
+        return
+    for key, value in (("model.sigma_w2", m.sigma_w2), ("model.sigma_b2", m.sigma_b2)):
+        _require(
+            value is not None,
+            key,
+            f"init {m.init} needs model.sigma_w2 (> 0) and model.sigma_b2 (>= 0), got null",
+        )
+    _require(m.sigma_w2 > 0, "model.sigma_w2", f"must be > 0, got {m.sigma_w2}")
+    _require(m.sigma_b2 >= 0, "model.sigma_b2", f"must be >= 0, got {m.sigma_b2}")
 
 
 def interruptible(prog: str, main: Callable[[], Any]) -> None:

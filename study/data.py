@@ -9,6 +9,7 @@ Training reads the result back with :func:`load`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -233,18 +234,44 @@ def load(cfg: DataConfig) -> Splits:
     )
 
 
+NOISE_STREAM = 7_000_001  # offset of the label-noise stream's seed from data.seed
+
+
+def task(splits: Splits, cfg: DataConfig) -> Splits:
+    """The task a run trains on (``data.train_examples``, ``data.label_noise``): the first
+    examples of the training split, and a fixed share of their labels moved to another
+    class (uniformly), drawn from ``data.seed`` so that every run sees the same noise. A
+    noisy label makes its example hard, so the difficulty score is fitted again on the
+    labels as the nets see them. Validation and test are left as prepared."""
+    if cfg.train_examples is None and cfg.label_noise == 0:
+        return splits
+    n = min(cfg.train_examples or len(splits.y_train), len(splits.y_train))
+    x, y = splits.x_train[:n], splits.y_train[:n].copy()
+    score = splits.difficulty_train[:n]
+    if cfg.label_noise > 0:
+        rng = np.random.default_rng(cfg.seed + NOISE_STREAM)
+        flipped = rng.choice(n, size=round(cfg.label_noise * n), replace=False)
+        y[flipped] = (y[flipped] + rng.integers(1, splits.num_classes, len(flipped))) % (
+            splits.num_classes)  # fmt: skip
+        score = difficulty(x, y, cfg.seed)
+    return dataclasses.replace(splits, x_train=x, y_train=y, difficulty_train=score)
+
+
 _CACHE: dict[tuple, Splits] = {}
+CACHED_TASKS = 4  # a sweep's worker moves between a few tasks (noise levels, subsets)
 
 
 def load_cached(cfg: DataConfig) -> Splits:
-    """:func:`load`, kept per process: a sweep worker reads each file once (a file
-    rewritten since is read again)."""
+    """:func:`task` of :func:`load`, kept per process: a sweep worker reads each file and
+    cuts each task once (a file rewritten since is read again)."""
     path = prepared_path(cfg)
     stat = path.stat() if path.exists() else None
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
-    if key is None or key not in _CACHE:
-        splits = load(cfg)  # raises the one-line ConfigError when missing
-        _CACHE.clear()
+    key = (key, cfg.train_examples, cfg.label_noise)
+    if key[0] is None or key not in _CACHE:
+        splits = task(load(cfg), cfg)  # load raises the one-line ConfigError when missing
+        if len(_CACHE) >= CACHED_TASKS:
+            _CACHE.pop(next(iter(_CACHE)))  # the oldest
         _CACHE[key] = splits
     return _CACHE[key]
 

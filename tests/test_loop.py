@@ -84,6 +84,12 @@ def test_a_net_stopped_at_its_plateau_equals_the_same_net_trained_that_long(prep
         [alone] = group(splits, [cfg])
         assert alone.curve == out.curve
         np.testing.assert_array_equal(list(alone.metrics.values()), list(out.metrics.values()))
+        # Probed where it stopped, as a run is after its last update (whose update ratio
+        # only a scheduled probe brackets).
+        assert out.layers["step"].max() == out.steps_done
+        for name in out.layers:
+            if name != "update_ratio":
+                np.testing.assert_array_equal(alone.layers[name], out.layers[name], name)
 
 
 def test_each_net_is_charged_its_share_of_the_time_it_was_in_the_group(prepared, monkeypatch):

@@ -65,4 +65,5 @@ def test_the_estimate_bounds_the_peak_from_above_within_a_factor_of_three(prepar
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
         estimate, peak = map(int, out.split())
+        print(f"{name}: estimate {estimate / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB")
         assert peak <= estimate <= 3 * peak, (name, estimate / 1e6, peak / 1e6)

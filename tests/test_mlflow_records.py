@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from study import records
 from study.tracking import cell_runs
+from study.tracking import experiment as tracking_experiment
 
 from .conftest import subprocess_env, swept_project, train
 from .test_sweeps import SMOKE_CELLS, record_dirs
@@ -62,12 +63,14 @@ def test_each_run_is_its_record(swept):
         knobs = {k: str(v) for k, v in flat.items()
                  if k != "run_name" and not k.startswith("tracking.")}  # fmt: skip
         assert run.data.params == knobs
-        # Summary metrics: every finite scalar of metrics, summary and timings, and no other.
+        # Summary metrics: every finite scalar of metrics, summary and timings, and no other,
+        # to six significant digits (counts exact).
         scalars = {**record["metrics"], **record["summary"], **record["timings"]}
-        expected = {k: float(v) for k, v in scalars.items() if isinstance(v, int | float)
-                    and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
+        expected = {k: float(v if isinstance(v, int) else f"{v:.6g}") for k, v in scalars.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                    and math.isfinite(v)}  # fmt: skip
         summary = {k: v for k, v in run.data.metrics.items() if "/" not in k}
-        assert summary == pytest.approx(expected, rel=1e-12), record["run_name"]
+        assert summary == expected, record["run_name"]
         # Times: the record's start, and its wall time as the duration (to the ms).
         assert run.info.start_time == ms(record["started_at"])
         duration = run.info.end_time - run.info.start_time
@@ -87,12 +90,14 @@ def test_each_run_is_its_record(swept):
         assert json.loads(data.dataset.profile)["sha256"] == record["data"]["sha256"]
         files = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
         assert files == {"layers.parquet", "config.json", "profile.svg"}
-        # The per-layer profile: step = layer, log10 of the norm, as layers.parquet has it.
+        # The per-layer profile: step = layer, log10 of the norm, as layers.parquet has it
+        # (to six significant digits).
         layers = pd.read_parquet(record["dir"] / "layers.parquet")
         at_init = layers[layers["step"] == 0].set_index("layer")["signal_grad_norm"]
         key = "init_by_layer/log10_signal_grad_norm"
         history = mlflow.get_metric_history(run.info.run_id, key)
-        assert {m.step: m.value for m in history} == pytest.approx(np.log10(at_init).to_dict())
+        expected = {k: float(f"{v:.6g}") for k, v in np.log10(at_init).items()}
+        assert {m.step: m.value for m in history} == expected
         if record["config"]["train"]["steps"] > 0 and record["status"] == "finished":
             assert "final_by_layer/log10_update_ratio" in run.data.metrics
             assert "curve/val_accuracy" in run.data.metrics
@@ -101,13 +106,19 @@ def test_each_run_is_its_record(swept):
 def test_the_description_holds_the_command_that_reproduces_the_cell(swept):
     [record, *_] = [r for r in cell_records(swept) if r["config"]["train"]["steps"] > 0]
     note = client(swept).get_run(record["mlflow"]["run_id"]).data.tags["mlflow.note.content"]
-    [command] = re.findall(r"```\n(.*)\n```", note)
-    assert command.startswith("python -m study.train model.depth=")
-    assert f"run_name={record['run_name']}" in command  # the smoke preset names cells its way
-    argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "study.train"]
-    proc = subprocess.run([sys.executable, *argv[1:]], cwd=swept, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    [command] = re.findall(r"```\n(.*?)\n```", note, re.DOTALL)
+    # One override a line, continued (the run page does not wrap a code block).
+    lines = command.splitlines()
+    assert lines[0] == "python -m study.train \\" and lines[1].startswith("  model.depth=")
+    assert all(line.endswith(" \\") for line in lines[:-1]) and len(lines) > 3
+    assert f"  run_name={record['run_name']}" in lines  # the smoke preset names cells its way
+    argv = shlex.split(command.replace("\\\n", ""))  # as a shell joins continued lines
+    assert argv[:3] == ["python", "-m", "study.train"] and "\n" not in argv
+    # Pasted into a shell as it is, with this environment's python first on the path.
+    env = subprocess_env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    proc = subprocess.run(["bash", "-c", command], cwd=swept, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     [again] = [records.read_run(d) for d in (swept / "outputs").glob("*/*")]
     assert again["cell_key"] == record["cell_key"]
@@ -130,9 +141,17 @@ def test_the_parent_run_summarizes_the_sweep(swept):
     experiment = mlflow.get_experiment(sweep["experiment_id"])
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "A few cells of each kind" in experiment.tags["mlflow.note.content"]  # its preset
-    view = json.loads(experiment.tags["mlflow.sharedViewState.cells"])
-    columns = json.loads(view["state"])["selectedColumns"]
-    assert "params.`model.depth`" in columns and "tags.`study.status`" in columns
+    # The saved view: the grid's axes of more than one value (the seed is fixed here), then
+    # the status and outcomes; the run name column sized for the longest run name.
+    state = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.cells"])["state"])
+    axes = ("model.depth", "model.activation", "model.skip", "train.steps")
+    assert state["selectedColumns"] == [
+        *(f"params.`{a}`" for a in axes), "tags.`study.status`",
+        "metrics.`signal_log10_rate_init`", "metrics.`test_accuracy`", "attributes.`Dataset`",
+    ]  # fmt: skip
+    longest = max(len(r["run_name"]) for r in cell_records(swept))
+    name_px = tracking_experiment.INDENT_PX + tracking_experiment.text_px(longest)
+    assert state["columnWidths"]["attributes.`Run Name`"] == name_px
 
 
 def test_a_changed_grid_gets_a_new_parent_and_keeps_the_cells_under_it(swept):

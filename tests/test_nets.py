@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import Activation, Config, Init, ModelConfig, Norm, Skip
+from study.config import (
+    EXPLICIT_INITS,
+    Activation,
+    Config,
+    ConfigError,
+    Init,
+    ModelConfig,
+    Norm,
+    Skip,
+    validate,
+)
 from study.engine import loop, nets
 from study.engine.probes import STATS
 from study.engine.stack import Stack
@@ -23,7 +33,7 @@ GRID = list(itertools.product(Activation, Init, Norm, Skip))
 
 
 def test_grid_is_the_full_factorial():
-    assert len(GRID) == 8 * 7 * 3 * 4
+    assert len(GRID) == 8 * 9 * 3 * 4
     assert set(nets.ACTIVATIONS) == set(Activation)
     assert set(nets.INITS) == set(Init)
     assert set(nets.NORMS) == set(Norm)
@@ -44,13 +54,15 @@ SHAPES = list(itertools.product(Activation, Norm, Skip))
 
 @pytest.mark.parametrize(("activation", "norm", "skip"), SHAPES, ids=lambda v: str(v))
 def test_every_combination_builds_probes_and_trains(base_config, mnist1d, activation, norm, skip):
-    # Every init of a shape in one stack: the 672 combinations as 96 groups of 7.
+    # Every init of a shape in one stack: the 864 combinations as 96 groups of 9.
     cfgs = []
     for init in Init:
         cfg = copy.deepcopy(base_config)
         cfg.model.activation, cfg.model.init, cfg.model.norm, cfg.model.skip = (
             activation, init, norm, skip,
         )  # fmt: skip
+        if init in EXPLICIT_INITS:
+            cfg.model.sigma_w2, cfg.model.sigma_b2 = 1.5, 0.01
         cfgs.append(cfg)
     models = []
     for cfg in cfgs:
@@ -124,3 +136,63 @@ def test_residual_layer_adds_the_scaled_branch():
     layer = nets.build(4, 2, cfg, 0).layers[0]
     x = torch.randn(3, 8)
     assert torch.allclose(layer(x), x + 0.5 * layer.block(x))
+
+
+@pytest.mark.parametrize("init", EXPLICIT_INITS)
+def test_explicit_variance_inits_give_the_configured_variances(init):
+    cfg = ModelConfig(depth=4, width=256, activation=Activation.tanh, init=init)
+    cfg.sigma_w2, cfg.sigma_b2 = 1.7, 0.3
+    model = nets.build(40, 10, cfg, 0)
+    weights = torch.stack([b.linear.weight for b in model.blocks])
+    biases = torch.cat([b.linear.bias for b in model.blocks])
+    assert 256 * weights.var().item() == pytest.approx(1.7, rel=0.05)
+    assert biases.var().item() == pytest.approx(0.3, rel=0.15)  # 1024 draws: 4% error
+    assert nets.sigma_w2(init, cfg.activation, 256, 256, explicit=1.7) == 1.7
+    assert nets.sigma_b2(init, 256, explicit=0.3) == 0.3
+    if init is Init.scaled_orthogonal:  # sqrt(sigma_w^2) times an orthogonal matrix
+        gram = weights @ weights.transpose(1, 2)
+        eye = torch.eye(256).expand(4, 256, 256)
+        torch.testing.assert_close(gram, 1.7 * eye, atol=1e-5, rtol=0)
+        stem = model.stem.weight  # tall (256 x 40): orthonormal columns, scaled
+        torch.testing.assert_close(stem.T @ stem, 1.7 * torch.eye(40), atol=1e-5, rtol=0)
+        assert nets.sigma_w2(init, cfg.activation, 40, 256, explicit=1.7) == 1.7 * 40 / 256
+
+
+@pytest.mark.parametrize("init", EXPLICIT_INITS)
+def test_nets_of_a_variance_grid_share_their_noise(init):
+    def draw(sigma_w2: float, sigma_b2: float) -> dict[str, torch.Tensor]:
+        cfg = ModelConfig(depth=3, width=32, init=init)
+        cfg.sigma_w2, cfg.sigma_b2 = sigma_w2, sigma_b2
+        return nets.initial_state(40, 10, cfg, seed=5)[0]
+
+    a, b, flat = draw(1.0, 0.01), draw(2.5, 0.04), draw(1.0, 0.0)
+    for name in a:
+        if name.endswith("weight"):
+            torch.testing.assert_close(b[name], math.sqrt(2.5) * a[name])
+            assert torch.equal(flat[name], a[name])  # sigma_b^2 = 0 draws its biases too
+        else:
+            torch.testing.assert_close(b[name], 2.0 * a[name])
+            assert torch.count_nonzero(flat[name]) == 0 and torch.count_nonzero(a[name]) > 0
+
+
+def test_explicit_variances_are_set_with_the_inits_that_read_them_and_only_there():
+    def refusal(**model) -> ConfigError:
+        cfg = Config(run_name="x")
+        for key, value in model.items():
+            setattr(cfg.model, key, value)
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        return err.value
+
+    for init in EXPLICIT_INITS:
+        err = refusal(init=init, sigma_w2=2.0)
+        assert err.key == "model.sigma_b2" and "model.sigma_w2" in str(err)
+        assert refusal(init=init, sigma_w2=0.0, sigma_b2=0.0).key == "model.sigma_w2"
+        assert refusal(init=init, sigma_w2=1.0, sigma_b2=-0.1).key == "model.sigma_b2"
+        with pytest.raises(ValueError, match="model.sigma_w2"):
+            nets.sigma_w2(init, Activation.tanh, 8, 8)
+    err = refusal(init=Init.kaiming_normal, sigma_b2=0.1)
+    assert err.key == "model.sigma_b2" and "model.sigma_w2" in str(err) and "\n" not in str(err)
+    cfg = Config(run_name="x")
+    cfg.model.init, cfg.model.sigma_w2, cfg.model.sigma_b2 = Init.gaussian, 1.0306, 4.0e-6
+    validate(cfg)

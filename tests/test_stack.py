@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.config import Activation, ModelConfig, Norm, OptimConfig, Optimizer, Skip
+from study.config import (
+    Activation,
+    ModelConfig,
+    Norm,
+    OptimConfig,
+    Optimizer,
+    ResidualConfig,
+    Scaling,
+    Skip,
+)
 from study.engine import loop, nets
 from study.engine.optimizers import StackOptimizer
 from study.engine.probes import Probe
@@ -118,6 +127,9 @@ def assert_same(a: loop.Outcome, b: loop.Outcome) -> None:
     )  # fmt: skip
     assert a.curve == b.curve
     np.testing.assert_array_equal(list(a.metrics.values()), list(b.metrics.values()))
+    assert a.jacobian.keys() == b.jacobian.keys()
+    jacobians = [np.array(list(o.jacobian.values()), dtype=float) for o in (a, b)]  # None: NaN
+    np.testing.assert_array_equal(*jacobians)
     assert a.layers.keys() == b.layers.keys()
     for name in a.layers:
         np.testing.assert_array_equal(a.layers[name], b.layers[name], err_msg=name)
@@ -128,7 +140,11 @@ def assert_same(a: loop.Outcome, b: loop.Outcome) -> None:
     [(), ("model.norm=batch", "model.skip=residual"), ("model.activation=tanh", "model.skip=dense"),
      ("optim=adamw", "model.norm=layer", "model.skip=highway"),
      ("model.dropout=0.3", "model.norm=batch", "model.skip=residual", "train.curriculum=linear"),
-     ("model.dropout=0.2", "model.skip=dense", "train.eval_train=true")],
+     ("model.dropout=0.2", "model.skip=dense", "train.eval_train=true"),
+     # the Jacobian probe, exact (W = 16) then estimated from each net's own directions
+     ("probe.jacobian=true", "model.activation=tanh", "model.norm=layer", "model.skip=highway"),
+     ("probe.jacobian=true", "probe.jacobian_exact_width=8", "probe.jacobian_vectors=4",
+      "model.activation=prelu", "model.skip=residual")],
 )  # fmt: skip
 def test_a_net_alone_and_in_its_group_give_bitwise_the_same_record(prepared, extra):
     from study.data import load
@@ -136,6 +152,9 @@ def test_a_net_alone_and_in_its_group_give_bitwise_the_same_record(prepared, ext
     cfgs = [_with_dir(c, prepared) for c in group_configs(*extra)]
     splits = load(cfgs[0].data)
     group = run_group(cfgs, splits)
+    if cfgs[0].probe.jacobian:  # measured, and each net's own (no two nets alike)
+        means = [out.jacobian["jacobian_eig_mean"] for out in group]
+        assert np.all(np.isfinite(means)) and len(set(means)) == len(means) // 2  # lr pairs
     for cfg, in_group in zip(cfgs, group, strict=True):
         assert_same(run_group([cfg], splits)[0], in_group)
     again = run_group(cfgs, splits)  # same group, same seeds: identical numbers
@@ -181,6 +200,29 @@ def test_stack_gradients_equal_each_net_alone(norm, skip):
         torch.nn.functional.cross_entropy(model(x[g]), y[g]).backward()
         for name, p in model.named_parameters():
             torch.testing.assert_close(_grad(stack, name)[g], p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaling", [Scaling.sqrt_depth, Scaling.rezero])
+@pytest.mark.parametrize("norm", [Norm.none, Norm.batch])
+def test_scaled_residual_branches_in_the_stack_equal_each_net_alone(norm, scaling):
+    """x + s f(x) with s = scale / sqrt(depth), or learned from 0 (ReZero): forward and every
+    gradient (the learned scale's too) as PyTorch's modules compute them."""
+    cfg = ModelConfig(depth=4, width=16, norm=norm, skip=Skip.residual,
+                      residual=ResidualConfig(scale=0.5, scaling=scaling))  # fmt: skip
+    models = built(cfg)
+    stack = Stack.of(models, cfg)
+    x, y = torch.randn(3, 32, 10), torch.randint(0, 5, (3, 32))
+    out = stack(x)
+    per_net_loss(out, y).sum().backward()
+    for g, model in enumerate(models):
+        torch.testing.assert_close(out[g], model(x[g]), rtol=1e-5, atol=1e-5)
+        torch.nn.functional.cross_entropy(model(x[g]), y[g]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(_grad(stack, name)[g], p.grad, rtol=1e-4, atol=1e-6)
+    if scaling == Scaling.rezero:  # at init every block is skipped: the stem, then the head
+        direct = [m.head(m.stem(x[g])) for g, m in enumerate(models)]
+        torch.testing.assert_close(out, torch.stack(direct), rtol=1e-5, atol=1e-6)
+        assert all(_grad(stack, "layers.0.alpha")[g].abs() > 0 for g in range(3))
 
 
 def _grad(stack: Stack, name: str) -> torch.Tensor:

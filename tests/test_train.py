@@ -63,8 +63,9 @@ def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
     history = client.get_metric_history(run.info.run_id, "init_by_layer/log10_signal_grad_norm")
     assert sorted(m.step for m in history) == list(range(1, 33))
     by_layer = {m.step: m.value for m in history}
+    # The mirror keeps 6 significant digits (tracking.cell_runs); the record keeps all.
     np.testing.assert_allclose(
-        [by_layer[i] for i in range(1, 33)], np.log10(layers["signal_grad_norm"])
+        [by_layer[i] for i in range(1, 33)], np.log10(layers["signal_grad_norm"]), rtol=5e-6
     )
     assert "signal_log10_rate_init" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from study import records
-from study.analysis import claims, outcomes, stats, theory, verdicts
+from study.analysis import claims, hypotheses, outcomes, stats, theory, verdicts
 from study.config import interruptible
 from study.records import Status, summary_column, write_table
 
@@ -261,6 +261,22 @@ def tuning(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return best[columns]
 
 
+# ------------------------------------------------------------------------------- fragility
+
+
+def fragile(values: pd.DataFrame, table: pd.DataFrame) -> pd.Series:
+    """Per row: does a target row's verdict change when any one seed is left out of every
+    sweep? (A verdict that turns on one seed is marked fragile in the paper.)"""
+    key = ["part", "stratum", "role", "measurement"]
+    verdict = table.set_index(key)["verdict"]
+    changed = pd.Series(False, index=verdict.index)
+    for seed in sorted(values["seed"].unique()):
+        again = hypotheses.table(claims.HYPOTHESES, outcomes.tables(values[values["seed"] != seed]))
+        other = again.set_index(key)["verdict"].reindex(verdict.index)
+        changed |= (table["role"].to_numpy() == "target") & (other != verdict).to_numpy()
+    return pd.Series(changed.to_numpy(), index=table.index)
+
+
 # ------------------------------------------------------------------------------ the stage
 
 
@@ -281,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
               "run `dvc repro collect` first", file=sys.stderr)  # fmt: skip
         sys.exit(1)
     num_features = {name: entry["num_features"] for name, entry in manifest.items()}
-    table = verdicts.table(claims.HYPOTHESES, outcomes.frames(runs, layers, curves, num_features))
+    values = outcomes.run_values(runs, layers, curves, manifest)
+    table = hypotheses.table(claims.HYPOTHESES, outcomes.tables(values))
+    table["fragile"] = fragile(values, table)
     outputs = {
         "decay_rates": decay_rates(runs, num_features),
         "factor_effects": factor_effects(runs),

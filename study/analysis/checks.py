@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from study import records
 from study.config import (
+    JACOBIAN_STATS,
     LAYER_STATS,
     Activation,
     Curriculum,
@@ -29,6 +30,7 @@ from study.config import (
     Init,
     Norm,
     Optimizer,
+    Scaling,
     Schedule,
     Skip,
 )
@@ -87,6 +89,8 @@ FIELDS: dict[str, Kind] = {
     "config.seed": INTEGER,
     "config.data.name": _one_of(Dataset),
     "config.data.input_scale": NUMBER,
+    "config.data.train_examples": _or_null(INTEGER),
+    "config.data.label_noise": NUMBER,
     "config.model.depth": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "config.model.width": INTEGER,
     "config.model.activation": _one_of(Activation),
@@ -95,6 +99,7 @@ FIELDS: dict[str, Kind] = {
     "config.model.skip": _one_of(Skip),
     "config.model.dropout": NUMBER,
     "config.model.residual.scale": NUMBER,
+    "config.model.residual.scaling": _one_of(Scaling),
     "config.model.highway.gate_bias": NUMBER,
     "config.model.dense.growth": INTEGER,
     "config.optim.name": _one_of(Optimizer),
@@ -120,6 +125,7 @@ RESULT_FIELDS: dict[str, Kind] = {
     "summary.steps_done": COUNT,
     "summary.diverged_at_step": _or_null(INTEGER),
     "summary.steps_to_target": _or_null(INTEGER),
+    "summary.plateau_at_step": _or_null(INTEGER),
     "curve.step": (lambda v: isinstance(v, list), "a list"),
 }
 
@@ -135,6 +141,11 @@ def _summary_kind(column: str) -> Kind:
 OPTIONAL_FIELDS: dict[str, Kind] = {
     **{f"metrics.{name}": _or_null(NUMBER) for name in METRICS},
     **{f"summary.{column}": _summary_kind(column) for column in SUMMARY_COLUMNS},
+    # the Jacobian's spectrum, where probe.jacobian measured it
+    **{
+        f"summary.{name}": _or_null(FLAG if name == "jacobian_singular" else NUMBER)
+        for name in JACOBIAN_STATS
+    },
     **{f"timings.{name}": _or_null(NUMBER) for name in ("wall_s", "train_s", "probe_s")},
 }
 

@@ -38,6 +38,7 @@ from study import records
 from study.analysis import checks
 from study.analysis.checks import CURVE_STATS, LAYER_TABLE, METRICS
 from study.config import (
+    JACOBIAN_STATS,
     LAYER_STATS,
     Activation,
     Curriculum,
@@ -45,6 +46,7 @@ from study.config import (
     Init,
     Norm,
     Optimizer,
+    Scaling,
     Schedule,
     Skip,
 )
@@ -67,11 +69,14 @@ AXES: dict[str, Any] = {
     "init": _categories(Init),
     "norm": _categories(Norm),
     "skip": _categories(Skip),
+    "residual_scaling": _categories(Scaling),  # a residual branch's s (study.config.Scaling)
     "dropout": "float64",
     "curriculum": _categories(Curriculum),
     "seed": "int64",
     "dataset": _categories(Dataset),
     "input_scale": "float64",
+    "train_examples": "Int64",  # <NA>: the whole training split
+    "label_noise": "float64",
     "optimizer": _categories(Optimizer),
     "lr": "float64",
     "clip_norm": "float64",  # NaN: no clipping
@@ -101,6 +106,7 @@ RUN_COLUMNS: dict[str, Any] = {
     "steps_done": "Int64",
     "diverged_at_step": "Int64",  # <NA>: did not diverge
     "steps_to_target": "Int64",  # <NA>: never reached data.target_accuracy
+    "plateau_at_step": "Int64",  # <NA>: still improving at its last step (train.patience)
     **{
         column: (
             "boolean"
@@ -111,6 +117,8 @@ RUN_COLUMNS: dict[str, Any] = {
         )
         for column in SUMMARY_COLUMNS
     },
+    # The Jacobian's spectrum at init (probe.jacobian); <NA>/NaN where not measured.
+    **{k: "boolean" if k == "jacobian_singular" else "float64" for k in JACOBIAN_STATS},
     "wall_s": "float64",
     "train_s": "float64",
     "probe_s": "float64",
@@ -168,11 +176,14 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "init": model["init"],
         "norm": model["norm"],
         "skip": model["skip"],
+        "residual_scaling": model["residual"]["scaling"],
         "dropout": model["dropout"],
         "curriculum": train["curriculum"],
         "seed": config["seed"],
         "dataset": config["data"]["name"],
         "input_scale": config["data"]["input_scale"],
+        "train_examples": config["data"]["train_examples"],
+        "label_noise": config["data"]["label_noise"],
         "optimizer": optim["name"],
         "lr": optim["lr"],
         "clip_norm": optim["clip_norm"] if optim["clip_norm"] is not None else np.nan,
@@ -191,6 +202,7 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "probe_schedule": probe["schedule"],
         **{k: (record.get("metrics") or {}).get(k) for k in METRICS},
         **{k: summary.get(k) for k in _SUMMARY},
+        **{k: summary.get(k) for k in JACOBIAN_STATS},
         **{k: (record.get("timings") or {}).get(k) for k in ("wall_s", "train_s", "probe_s")},
         "error": record.get("error"),
         "cell_key": record["cell_key"],
@@ -200,10 +212,13 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "mlflow_run_id": None,  # from the cell's mlflow.json, by gather
         "run_dir": run_dir,
     }
+    if summary.get("jacobian_singular"):  # +inf, which run.json holds as null
+        row["jacobian_log10_cond"] = np.inf
     return row
 
 
-_SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", *SUMMARY_COLUMNS)
+_SUMMARY = ("steps_done", "diverged_at_step", "steps_to_target", "plateau_at_step",
+            *SUMMARY_COLUMNS)  # fmt: skip
 
 
 def typed(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:

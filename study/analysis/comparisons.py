@@ -1,8 +1,11 @@
-"""The kinds of comparison a hypothesis can make (``study.analysis.claims`` declares which): each
-turns the rows of a target stratum into units and tests their mean against a null.
+"""The kinds of comparison a hypothesis can make (``study.analysis.claims`` declares which):
+each turns the cells of a stratum into units, one effect per unit.
 
 Every kind but :class:`DepthTrend` has the cell as its unit: one value per cell (a seed
-mean), or per matched set of cells. Its ``test`` returns a ``study.analysis.stats.UnitTest``.
+mean), or per matched set of cells. ``units`` returns them as :class:`Units`, with each
+unit's standard error over its seeds where the outcome has one (the check that a stratum's
+cells do not point both ways beyond the margin reads it); ``study.analysis.verdicts``
+clusters them and tests the mean.
 """
 
 from __future__ import annotations
@@ -13,11 +16,52 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import stats
-from study.analysis.outcomes import COMBINED
+from study.analysis.outcomes import COMBINED, SE
 
 
 def _other_keys(keys: tuple[str, ...], factor: str) -> list[str]:
     return [k for k in keys if k != factor and k not in COMBINED.get(factor, ())]
+
+
+@dataclass(frozen=True)
+class Units:
+    """One effect per unit, indexed by the unit's levels, and (where known) its standard
+    error and seed count from the unit's own seeds."""
+
+    values: pd.Series
+    se: pd.Series | None = None
+    seeds: pd.Series | None = None
+
+    def clusters(self, over: tuple[str, ...]) -> pd.Series | None:
+        """The unit's cluster: its levels less the ``over`` axes (units that differ only in
+        them are replicates of one configuration); None when no such axis varies."""
+        names = list(self.values.index.names)
+        kept = [n for n in names if n not in over]
+        if len(kept) == len(names) or self.values.empty:
+            return None
+        frame = self.values.index.to_frame(index=False)
+        label = (
+            frame[kept].astype(str).agg("|".join, axis=1) if kept else pd.Series("all", frame.index)
+        )
+        return pd.Series(label.to_numpy(), index=self.values.index)
+
+    def each(self) -> list[tuple[str, stats.UnitTest]]:
+        """Each unit alone, tested over its seeds (empty when its seeds are not known)."""
+        if self.se is None or self.seeds is None:
+            return []
+        out = []
+        for key, value in self.values.items():
+            n, se = self.seeds.get(key, np.nan), self.se.get(key, np.nan)
+            if not (n >= 2 and np.isfinite(se)):
+                continue  # a unit with one seed has no spread of its own to test
+            label = ", ".join(map(str, key if isinstance(key, tuple) else (key,)))
+            out.append((label, stats.UnitTest(int(n), float(value), float(se), int(n) - 1)))
+        return out
+
+
+def _se(frame: pd.DataFrame, value: str) -> pd.Series:
+    column = f"{value}{SE}"
+    return frame[column] if column in frame else pd.Series(np.nan, index=frame.index)
 
 
 @dataclass(frozen=True)
@@ -36,25 +80,29 @@ class Compare:
     def pooled(self, keys: tuple[str, ...]) -> list[str]:
         return _other_keys(keys, self.factor)
 
-    def effects(self, frame: pd.DataFrame, keys: tuple[str, ...], value: str) -> pd.Series:
+    def units(self, frame: pd.DataFrame, keys: tuple[str, ...], value: str) -> Units:
         level = frame[self.factor].astype(str)
         sub = frame[level.isin([*self.a, *self.b])]
         if sub.empty:
-            return pd.Series(dtype=float)
+            return Units(pd.Series(dtype=float))
         side = np.where(level[sub.index].isin(self.a), "a", "b")
         fixed = _other_keys(keys, self.factor)
-        wide = sub.assign(_side=side).groupby([*fixed, "_side"], observed=True)[value].mean()
-        wide = wide.unstack("_side")
-        if not {"a", "b"} <= set(wide.columns):
-            return pd.Series(dtype=float)
-        return (wide["a"] - wide["b"]).dropna()
-
-    def test(self, frame, keys, value, null) -> stats.UnitTest:
-        return stats.t_test(self.effects(frame, keys, value), null)
+        sub = sub.assign(_side=side, _var=_se(sub, value) ** 2,
+                         _seeds=sub["n_seeds"] if "n_seeds" in sub else np.nan)  # fmt: skip
+        grouped = sub.groupby([*fixed, "_side"], observed=True)
+        mean = grouped[value].mean().unstack("_side")
+        if not {"a", "b"} <= set(mean.columns):
+            return Units(pd.Series(dtype=float))
+        # a side averaging k cells: the variance of the mean of their means
+        var = (grouped["_var"].sum() / grouped["_var"].size() ** 2).unstack("_side")
+        seeds = grouped["_seeds"].min().unstack("_side").min(axis=1)
+        values = (mean["a"] - mean["b"]).dropna()
+        se = np.sqrt(var["a"] + var["b"]).reindex(values.index)
+        return Units(values, se, seeds.reindex(values.index))
 
     def pairs(self) -> list[tuple[str, Compare]]:
         """One comparison per level of ``a`` against one of ``b``, when a side pools several
-        levels: those are pooled too, and must agree as the other pooled axes must."""
+        levels: those are pooled too, and must not point both ways."""
         if len(self.a) * len(self.b) < 2:
             return []
         return [(f"{self.factor}: {x} minus {y}", Compare(self.factor, (x,), (y,)))
@@ -75,14 +123,17 @@ class Ends(Compare):
         first, second = ("smallest", "largest")[:: 1 if self.smallest_first else -1]
         return f"{self.factor} {first} minus {second}, matched on the other axes"
 
-    def effects(self, frame, keys, value) -> pd.Series:
+    def units(self, frame, keys, value) -> Units:
         levels = sorted(frame[self.factor].unique())
         if len(levels) < 2:
-            return pd.Series(dtype=float)
+            return Units(pd.Series(dtype=float))
         low, high = (str(levels[0]),), (str(levels[-1]),)
         a, b = (low, high) if self.smallest_first else (high, low)
         framed = frame.assign(**{self.factor: frame[self.factor].astype(str)})
-        return Compare(self.factor, a, b).effects(framed, keys, value)
+        return Compare(self.factor, a, b).units(framed, keys, value)
+
+    def pairs(self) -> list:
+        return []
 
 
 @dataclass(frozen=True)
@@ -97,8 +148,13 @@ class Level:
     def pooled(self, keys: tuple[str, ...]) -> list[str]:
         return list(keys)
 
-    def test(self, frame, keys, value, null) -> stats.UnitTest:
-        return stats.t_test(frame[value].to_numpy(dtype=float), null)
+    def units(self, frame, keys, value) -> Units:
+        indexed = frame.set_index(list(keys))
+        seeds = indexed["n_seeds"] if "n_seeds" in indexed else None
+        return Units(indexed[value].astype(float), _se(indexed, value), seeds)
+
+    def pairs(self) -> list:
+        return []
 
 
 @dataclass(frozen=True)
@@ -117,16 +173,17 @@ class DepthTrend:
     def pooled(self, keys: tuple[str, ...]) -> list[str]:
         return []  # one configuration; depth is the regressor, seeds the replicates
 
-    def test(self, frame, keys, value, null) -> stats.UnitTest:
+    def test(self, frame: pd.DataFrame, value: str) -> stats.UnitTest:
         if frame.empty or frame["depth"].nunique() < 2:
-            return stats.t_test([], null)
+            return stats.UnitTest(0, np.nan, np.nan, 0)
         with np.errstate(divide="ignore"):
             y = np.log10(frame[value].abs().to_numpy(dtype=float))
         x = np.log10(frame["depth"].to_numpy(dtype=float) - 1)
-        fit = stats.slope_test(x, y, null=null - 1.0)
-        e = fit.effect
-        return stats.UnitTest(fit.n, stats.Interval(e.estimate + 1, e.low + 1, e.high + 1),
-                              fit.statistic, fit.df, fit.pvalue)  # fmt: skip
+        fit = stats.slope_test(x, y)
+        return stats.UnitTest(fit.n, fit.estimate + 1, fit.se, fit.df)
+
+    def pairs(self) -> list:
+        return []
 
 
 @dataclass(frozen=True)
@@ -145,10 +202,10 @@ class Spread:
     def pooled(self, keys: tuple[str, ...]) -> list[str]:
         return [k for k in _other_keys(keys, self.factor) if k != "seed"]
 
-    def effects(self, frame, keys, value) -> pd.Series:
+    def units(self, frame, keys, value) -> Units:
         fixed = [k for k in _other_keys(keys, self.factor) if k != "seed"]
         if frame.empty:
-            return pd.Series(dtype=float)
+            return Units(pd.Series(dtype=float))
         # One pivot for all units (levels x seeds each), then plain arrays per unit.
         table = frame.pivot_table(index=[*fixed, self.factor], columns="seed", values=value,
                                   observed=True)  # fmt: skip
@@ -163,7 +220,9 @@ class Spread:
                 rest = np.delete(values, j, axis=1).mean(axis=1)
                 gaps.append(values[rest.argmax(), j] - values[rest.argmin(), j])
             out[key] = float(np.mean(gaps))
-        return pd.Series(out, dtype=float)
+        keys_of = [k if isinstance(k, tuple) else (k,) for k in out]
+        index = pd.MultiIndex.from_tuples(keys_of, names=fixed)
+        return Units(pd.Series(list(out.values()), index=index, dtype=float))
 
-    def test(self, frame, keys, value, null) -> stats.UnitTest:
-        return stats.t_test(self.effects(frame, keys, value), null)
+    def pairs(self) -> list:
+        return []

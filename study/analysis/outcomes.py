@@ -1,13 +1,19 @@
 """What the claims compare: per-run outcomes and the per-cell tables built from them.
 
 A *cell* is one configuration (every axis but the seed); its value is the mean over its
-seeds. Where a sweep tries several learning rates for a configuration, its trainability is
-judged at its best one (:func:`best_lr`: chosen on validation accuracy, the outcomes then
-read on the test split), so no claim turns on one rate suiting some nets and not others.
-The claims' tests run over cells (``study.analysis.verdicts``), so this module is where a run's
-numbers become a cell's, and where every outcome a claim names is defined once
-(:data:`OUTCOMES`). Divergence is its own outcome (``finite``): a diverged run has no
-accuracy and no steps to target, rather than a zero inside a mean.
+seeds, with the standard error of that mean (column ``<outcome>_se``). Where a sweep tries
+several learning rates for a configuration, its trainability is judged at its best one
+(:func:`best_lr`: chosen on validation accuracy, the outcomes then read on the test split),
+so no claim turns on one rate suiting some nets and not others. The claims' tests run over
+cells (``study.analysis.verdicts``), so this module is where a run's numbers become a
+cell's, and where every outcome a claim names is defined once (:data:`OUTCOMES`).
+
+No run drops out silently. A diverged or failed run scores chance in the accuracy outcomes
+(it learned nothing it can be evaluated on); divergence is also an outcome of its own
+(``finite``). Steps to the target are a time to an event that may not happen within the
+budget: each run contributes min(steps, budget) -- the restricted mean time to the target,
+a Kaplan-Meier quantity under censoring at the budget -- and a unit where no run on either
+side reached the target carries no information about speed and is left out, counted.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MATCHED_TRAIN_LOSS = 0.1
 
 # outcome column -> what it is (its unit follows the colon); the README and the claims'
 # "measurement" text use these words.
+SE = "_se"  # the column suffix of a cell's standard error over its seeds
 OUTCOMES = {
     "signal_rate": "per-layer log10 signal-gradient rate at init (< 0 vanishing): decades/layer",
     "flatness": "-|signal_rate|, distance from a flat profile negated (0 = flat): decades/layer",
@@ -41,11 +48,16 @@ OUTCOMES = {
     "at the last probe: fraction",
     "relative_mean_final": "|mean| / RMS of the layers' outputs, mean over layers, at the last "
     "probe: fraction of RMS",
-    "accuracy": "test accuracy at the end of training, finished runs only: accuracy",
+    "accuracy": "test accuracy at the end of training, a diverged or failed run at chance "
+    "(one over the classes): accuracy",
     "finite": "1 - divergence rate (the loss stayed finite), over the seeds and every "
     "learning rate tried: fraction of runs",
-    "steps_needed": "steps to the target validation accuracy (never = budget + 1), finished "
-    "runs only: steps",
+    "finite_chosen": "1 - divergence rate at the configuration's chosen learning rate, over "
+    "its seeds: fraction of runs",
+    "steps_needed": "restricted mean steps to the target validation accuracy: min(steps, "
+    "budget), a run that never reached it (diverged or stopped) counting the budget: steps",
+    "reached": "fraction of runs that reached the target validation accuracy within the "
+    "budget: fraction of runs",
     "train_loss": "training loss over the last evaluation interval, finished runs only: loss",
     "weight_grad_level": "median over layers of log10 ||dL/dW_l|| at init: decades",
     "gap": "generalization gap, accuracy on the whole training split minus test accuracy "
@@ -62,23 +74,27 @@ OUTCOMES = {
 }
 
 # Derived factors: a column made of two axes, matched as one.
-COMBINED = {"norm_skip": ("norm", "skip")}
+COMBINED = {"norm_skip": ("norm", "skip", "scaling"), "branch": ("skip", "scaling")}
+# What a residual branch is, by its scaling (study.config.Scaling): x + s f(x), s / sqrt(L),
+# or a learned scale from 0 (ReZero, SkipInit); "none" for the other skips.
+BRANCH = {"constant": "residual", "sqrt_depth": "residual/sqrt(L)", "rezero": "rezero"}
 
 # The axes that tell a table's cells apart (besides the seed).
-MODEL_KEYS = ("activation", "init", "norm", "skip", "depth")
+MODEL_KEYS = ("activation", "init", "norm", "skip", "scaling", "depth")
+OPTIM_KEYS = ("setup", "activation", "depth", "norm", "skip", "init")
 FRAME_KEYS = {
     "init": MODEL_KEYS,
     "train": MODEL_KEYS,
     "init_runs": (*MODEL_KEYS, "seed"),
-    "optim": ("setup", "norm", "skip", "init", "lr"),
-    "optim_runs": ("setup", "norm", "skip", "init", "lr", "seed"),
-    "lr_range": ("setup", "norm", "skip", "init"),
+    "optim": (*OPTIM_KEYS, "lr"),
+    "optim_runs": (*OPTIM_KEYS, "lr", "seed"),
+    "lr_range": OPTIM_KEYS,
     "train_runs": (*MODEL_KEYS, "seed"),
-    "degradation": ("activation", "init", "norm", "skip"),
+    "degradation": ("activation", "init", "norm", "skip", "scaling"),
     "scale_shrink": ("activation", "init", "skip", "depth"),
     "regularize": ("activation", "norm", "skip", "depth", "dropout"),
     "dropout_gain": ("activation", "norm", "skip", "depth", "dropout"),
-    "curriculum": ("activation", "norm", "skip", "depth", "curriculum"),
+    "curriculum": ("activation", "norm", "skip", "depth", "label_noise", "curriculum"),
 }
 
 # Well initialized: the plain net of the same activation, init and depth has a mean-field
@@ -87,32 +103,42 @@ WELL_INITIALIZED = 0.02
 
 
 def run_values(
-    runs: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, num_features: dict
+    runs: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, datasets: dict
 ) -> pd.DataFrame:
-    """The runs that measured something, with every outcome of :data:`OUTCOMES`."""
-    runs = runs[runs["status"] != Status.failed].copy()
+    """Every run with every outcome of :data:`OUTCOMES` (``datasets``: the prepared data's
+    manifest, for each dataset's features and classes)."""
+    runs = runs.copy()
     finished = runs["status"] == Status.finished
     runs["signal_rate"] = runs[summary_column("signal", "log10_rate", "init")]
     runs["flatness"] = -runs["signal_rate"].abs()
     runs["first_last"] = runs[summary_column("signal", "log10_first_last", "init")]
     runs["weight_rate"] = runs[summary_column("weight", "log10_rate", "init")]
-    runs["accuracy"] = runs["test_accuracy"].where(finished)
-    runs["finite"] = finished.astype(float)
-    never = (runs["steps"] + 1).astype(float)
+    classes = {name: entry["num_classes"] for name, entry in datasets.items()}
+    chance = 1.0 / runs["dataset"].astype(str).map(classes).astype(float)
+    runs["accuracy"] = runs["test_accuracy"].where(finished, chance)
+    runs["finite"] = (runs["status"] != Status.diverged).astype(float).where(
+        runs["status"] != Status.failed)  # a crash says nothing of divergence  # fmt: skip
+    budget = runs["steps"].astype(float)
     steps = runs["steps_to_target"].astype("Float64").astype(float)
-    runs["steps_needed"] = steps.fillna(never).where(finished)
+    runs["reached"] = (steps.notna() & finished).astype(float)
+    runs["steps_needed"] = steps.where(finished).clip(upper=budget).fillna(budget)
     runs["train_loss"] = runs["train_loss"].where(finished)
     runs["gap"] = (runs["train_split_accuracy"] - runs["test_accuracy"]).where(finished)
     per_run = _layer_outcomes(layers).merge(_matched_loss(curves), how="outer")
     runs = runs.merge(per_run, on=["sweep", "run_name"], how="left")
     runs["val_at_matched_loss"] = runs["val_at_matched_loss"].where(finished)
     runs["family"] = runs["activation"].map(_family_of()).astype("category")
-    runs["norm_skip"] = runs["norm"].astype(str) + "+" + runs["skip"].astype(str)
+    residual = runs["skip"].astype(str) == "residual"
+    runs["scaling"] = runs["residual_scaling"].astype(str).where(residual, "none")
+    runs["branch"] = runs["scaling"].map(BRANCH).where(residual, runs["skip"].astype(str))
+    runs["norm_skip"] = runs["norm"].astype(str) + "+" + runs["branch"]
     runs["setup"] = runs["optimizer"].astype(str) + np.where(runs["clip_norm"].notna(), "+clip", "")
-    runs["init_quality"] = [
-        _init_quality(r.activation, r.init, r.depth, r.width, num_features[str(r.dataset)])
+    regimes = [
+        _regime(r.activation, r.init, r.depth, r.width, datasets[str(r.dataset)]["num_features"])
         for r in runs[["activation", "init", "depth", "width", "dataset"]].itertuples()
     ]
+    runs["init_quality"] = [quality for quality, _ in regimes]
+    runs["phase"] = [phase for _, phase in regimes]
     return runs
 
 
@@ -152,19 +178,38 @@ def _family_of() -> dict[str, str]:
     return {a: f for f in nets.FAMILIES for a in nets.family(f)}
 
 
-@functools.cache
-def _init_quality(activation: str, init: str, depth: int, width: int, features: int) -> str:
-    """ "well" or "badly" initialized, by the mean-field rate of the plain net."""
+# The depth at which a configuration's phase is read: its deep nets' regime (a plain net
+# reaches its fixed point within a few layers, so the phase is the configuration's).
+PHASE_DEPTH = 64
+
+
+def _rate(activation: str, init: str, depth: int, width: int, features: int) -> float:
+    """The mean-field per-layer rate of the plain net (-inf where q_l -> 0: vanishing)."""
     p = theory.predict(activation, init, "none", "none", int(depth), int(width), features)
-    return "well" if abs(p.log10_rate) <= WELL_INITIALIZED else "badly"
+    return p.log10_rate if p.log10_rate is not None else -np.inf
+
+
+@functools.cache
+def _regime(activation: str, init: str, depth: int, width: int, features: int) -> tuple[str, str]:
+    """By the mean-field rate of the plain net of this activation and init: "well" or
+    "badly" initialized at this depth, and its phase at init: gradients "vanishing" toward
+    the input, "flat", or "exploding" (the chaotic side of the edge of chaos)."""
+    quality = "well" if abs(_rate(activation, init, depth, width, features)) <= (
+        WELL_INITIALIZED) else "badly"  # fmt: skip
+    rate = _rate(activation, init, PHASE_DEPTH, width, features)
+    phase = "flat" if abs(rate) <= WELL_INITIALIZED else "vanishing" if rate < 0 else "exploding"
+    return quality, phase
 
 
 def cells(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
-    """Seed means of every outcome, one row per cell; descriptive columns carried along."""
-    carried = [c for c in ("family", "norm_skip", "init_quality") if c not in keys]
+    """Seed means of every outcome and their standard errors (``<outcome>_se``), one row per
+    cell; descriptive columns carried along."""
+    carried = [c for c in ("family", "norm_skip", "branch", "init_quality", "phase")
+               if c not in keys]  # fmt: skip
     values = [c for c in OUTCOMES if c in runs]
     grouped = runs.groupby(list(keys), observed=True, sort=True)
     out = grouped[values].mean()
+    out = out.join(grouped[values].sem().add_suffix(SE))
     out["n_seeds"] = grouped.size()
     for column in carried:
         if column in runs:
@@ -172,11 +217,14 @@ def cells(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def frames(
-    runs: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, num_features: dict
-) -> dict:
+def frames(runs: pd.DataFrame, layers: pd.DataFrame, curves: pd.DataFrame, datasets: dict) -> dict:
     """Every table a claim reads (:data:`FRAME_KEYS`), cells unless named ``*_runs``."""
-    values = run_values(runs, layers, curves, num_features)
+    return tables(run_values(runs, layers, curves, datasets))
+
+
+def tables(values: pd.DataFrame) -> dict:
+    """:func:`frames` from the runs' outcomes (:func:`run_values`): what the analysis
+    recomputes with each seed left out."""
     sweep = {name: values[values["sweep"] == name] for name in values["sweep"].cat.categories}
     tuned = at_best_lr(sweep["train"], FRAME_KEYS["train"])
     out = {
@@ -227,13 +275,15 @@ def rate_scores(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
 
 
 def tuned_cells(runs: pd.DataFrame, tuned: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
-    """Cells at their best learning rate, but ``finite`` over every rate tried: divergence is
-    an outcome of its own, and at the rate chosen to avoid it, it would say little."""
-    out = cells(tuned, keys)
+    """Cells at their best learning rate: ``finite_chosen`` there, ``finite`` over every rate
+    tried (the range of rates a configuration survives is an outcome of its own)."""
+    out = cells(tuned.assign(finite_chosen=tuned["finite"]), keys)
     if out.empty:
         return out
-    over_grid = runs.groupby(list(keys), observed=True)["finite"].mean().rename("finite")
-    return out.drop(columns="finite").merge(over_grid.reset_index(), on=list(keys), how="left")
+    grouped = runs.groupby(list(keys), observed=True)["finite"]
+    over_grid = pd.DataFrame({"finite": grouped.mean(), f"finite{SE}": grouped.sem()})
+    out = out.drop(columns=["finite", f"finite{SE}"])
+    return out.merge(over_grid.reset_index(), on=list(keys), how="left")
 
 
 def at_best_lr(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:

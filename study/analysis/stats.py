@@ -1,18 +1,18 @@
-"""Statistics: intervals that cover at 3 seeds, tests whose unit is the cell, Holm's
-correction, and descriptive factorial models.
+"""Statistics: intervals that cover at 3 seeds, tests whose unit is the cell (or a cluster of
+cells), one-sided tests against a margin, corrections for many tests, and descriptive
+factorial models. The arithmetic is scipy's and statsmodels'; this module keeps the study's
+conventions and the edge cases (too few units, units that do not vary).
 
 Two levels of replication. Seeds replicate a cell (one configuration): its mean gets a
 Student-t interval over the seeds, which covers at its nominal rate with 3 seeds (a
 percentile bootstrap over 3 seeds covers about 76%). A claim about a population of
-configurations is tested over its cells: each cell enters once, as its seed mean (or a
-matched difference of seed means), and the test is a one-sample t-test over those cell
-values -- for a balanced design the same as a mixed model with the cell as a random
-effect. Pooling cell x seed pairs instead would treat the near-identical seeds of one cell
-as independent evidence, so the p-value would measure the size of the grid.
-
-Censored values: a log10 first/last ratio whose first-layer gradient underflowed to zero is
-only an upper bound (``study.engine.probes``); the per-layer rates leave zero gradients out of
-their fit and are what the claims use.
+configurations is tested over its cells, each entering once as its seed mean (or a matched
+difference of seed means). Cells of a crossed factorial are not independent: cells that
+differ only in depth are near-deterministic replicates of one configuration. So the cells
+of a cluster (a configuration across depths) are averaged first and the t-test runs over
+the clusters, with clusters - 1 degrees of freedom (Ibragimov and Mueller 2010: valid with
+few, heterogeneous clusters). Pooling cell x seed pairs, or cells as independent units,
+would measure the size of the grid.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multitest import multipletests
 
 LEVEL = 0.95
 
@@ -36,81 +37,138 @@ class Interval:
     high: float
 
 
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
 def t_interval(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> Interval:
     """Mean and Student-t interval; NaNs are dropped; fewer than two values give no bounds."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return Interval(np.nan, np.nan, np.nan)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return Interval(mean, np.nan, np.nan)
-    half = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return Interval(mean, mean - half, mean + half)
+    return UnitTest.of(values).interval(level)
 
 
 @dataclass(frozen=True)
 class UnitTest:
-    """A one-sample t-test over units (cells): is their mean different from ``null``?"""
+    """The mean of ``n`` independent units with its standard error and degrees of freedom:
+    what every interval and one-sided test of a claim's row is read from."""
 
     n: int
-    effect: Interval  # the mean over units, with its t-interval
-    statistic: float  # t
+    estimate: float
+    se: float  # 0 when every unit has the same value; NaN below two units
     df: int
-    pvalue: float  # two-sided
+
+    @classmethod
+    def of(cls, values: Sequence[float] | np.ndarray) -> UnitTest:
+        x = _finite(values)
+        if len(x) == 0:
+            return cls(0, np.nan, np.nan, 0)
+        if len(x) < 2:
+            return cls(1, float(x[0]), np.nan, 0)
+        return cls(len(x), float(x.mean()), float(stats.sem(x)), len(x) - 1)
+
+    @property
+    def testable(self) -> bool:
+        return self.n >= 2 and np.isfinite(self.se)
+
+    def interval(self, level: float = LEVEL) -> Interval:
+        if not self.testable:
+            return Interval(self.estimate, np.nan, np.nan)
+        if self.se == 0:
+            return Interval(self.estimate, self.estimate, self.estimate)
+        low, high = stats.t.interval(level, self.df, loc=self.estimate, scale=self.se)
+        return Interval(self.estimate, float(low), float(high))
+
+    def p_above(self, bound: float) -> float:
+        """One-sided p-value of "the mean is above ``bound``" (H0: mean <= bound)."""
+        if not self.testable:
+            return np.nan
+        if self.se == 0:  # exact: every unit has this value
+            return 0.0 if self.estimate > bound else 1.0
+        return float(stats.t.sf((self.estimate - bound) / self.se, self.df))
+
+    def p_below(self, bound: float) -> float:
+        """One-sided p-value of "the mean is below ``bound``" (H0: mean >= bound)."""
+        if not self.testable:
+            return np.nan
+        if self.se == 0:
+            return 0.0 if self.estimate < bound else 1.0
+        return float(stats.t.cdf((self.estimate - bound) / self.se, self.df))
+
+    def p_two_sided(self, null: float = 0.0) -> float:
+        return min(1.0, 2 * min(self.p_above(null), self.p_below(null)))
+
+    def t(self, null: float = 0.0) -> float:
+        if not self.testable:
+            return np.nan
+        if self.se == 0:
+            return 0.0 if self.estimate == null else np.copysign(np.inf, self.estimate - null)
+        return (self.estimate - null) / self.se
 
 
-def t_test(
-    values: Sequence[float] | np.ndarray, null: float = 0.0, level: float = LEVEL
-) -> UnitTest:
-    """Two-sided one-sample t-test of the mean of ``values`` against ``null``.
-
-    Units with identical values give no variance: p is 1 when they sit on the null and 0
-    when they all sit off it (the effect is then exact, e.g. a closed form measured)."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    interval = t_interval(x, level)
-    if n < 2:
-        return UnitTest(n, interval, np.nan, max(n - 1, 0), np.nan)
-    sd = x.std(ddof=1)
-    if sd == 0:
-        off = not np.isclose(x[0], null)
-        return UnitTest(n, interval, np.inf if off else 0.0, n - 1, 0.0 if off else 1.0)
-    t = (x.mean() - null) / (sd / np.sqrt(n))
-    return UnitTest(n, interval, float(t), n - 1, float(2 * stats.t.sf(abs(t), n - 1)))
+def cluster_test(values: pd.Series, clusters: pd.Series | None) -> UnitTest:
+    """The mean over clusters of the mean of their units (cells), tested over clusters
+    (degrees of freedom: clusters - 1); without clusters, over the units themselves."""
+    values = values[np.isfinite(values.to_numpy(dtype=float))]
+    if clusters is None or values.empty:
+        return UnitTest.of(values.to_numpy(dtype=float))
+    means = values.groupby(clusters.loc[values.index], observed=True, sort=True).mean()
+    return UnitTest.of(means.to_numpy(dtype=float))
 
 
-def slope_test(x: np.ndarray, y: np.ndarray, null: float = 0.0, level: float = LEVEL) -> UnitTest:
-    """Least-squares slope of y on x, with its t-interval and the two-sided test of
-    slope = ``null`` (residual degrees of freedom n - 2); the units are the (x, y) points."""
+def slope_test(x: np.ndarray, y: np.ndarray) -> UnitTest:
+    """The least-squares slope of y on x with its standard error (residual degrees of
+    freedom n - 2); the units are the (x, y) points."""
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = np.asarray(x, float)[keep], np.asarray(y, float)[keep]
-    n = len(x)
-    if n < 3 or np.ptp(x) == 0:
-        return UnitTest(n, Interval(np.nan, np.nan, np.nan), np.nan, max(n - 2, 0), np.nan)
+    if len(x) < 3 or np.ptp(x) == 0:
+        return UnitTest(len(x), np.nan, np.nan, max(len(x) - 2, 0))
     fit = stats.linregress(x, y)
-    half = stats.t.ppf((1 + level) / 2, n - 2) * fit.stderr
-    interval = Interval(float(fit.slope), fit.slope - half, fit.slope + half)
-    if fit.stderr == 0:
-        off = not np.isclose(fit.slope, null)
-        return UnitTest(n, interval, np.inf if off else 0.0, n - 2, 0.0 if off else 1.0)
-    t = (fit.slope - null) / fit.stderr
-    return UnitTest(n, interval, float(t), n - 2, float(2 * stats.t.sf(abs(t), n - 2)))
+    return UnitTest(len(x), float(fit.slope), float(fit.stderr), len(x) - 2)
+
+
+def _adjusted(pvalues: Sequence[float], method: str) -> np.ndarray:
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    valid = np.isfinite(p)
+    if valid.any():
+        out[valid] = multipletests(p[valid], method=method)[1]
+    return out
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN stays NaN and is not counted)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full_like(p, np.nan)
-    valid = np.flatnonzero(np.isfinite(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[idx]))
-        out[idx] = running
-    return out
+    return _adjusted(pvalues, "holm")
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values); NaN stays NaN."""
+    return _adjusted(pvalues, "fdr_bh")
+
+
+def simes(pvalues: Sequence[float]) -> float:
+    """Simes' combination of a family's p-values: the family's p-value for "at least one of
+    its nulls is false" (valid under positive dependence); NaN for an empty family."""
+    p = np.sort(_finite(pvalues))
+    if len(p) == 0:
+        return np.nan
+    return float(min(1.0, np.min(len(p) * p / np.arange(1, len(p) + 1))))
+
+
+def units_needed(test: UnitTest, distance: float, alpha: float) -> int | None:
+    """The number of units at which a one-sided test at ``alpha`` would separate the
+    observed mean from a bound ``distance`` away, at the observed spread (None: the spread
+    is unknown or the mean sits on the bound)."""
+    if not test.testable or not distance > 0:
+        return None
+    sd = test.se * np.sqrt(test.n)
+    if sd == 0:
+        return 2
+    n = 2
+    while stats.t.ppf(1 - alpha, n - 1) * sd / np.sqrt(n) >= distance:
+        n = int(np.ceil(n * 1.1)) + 1
+        if n > 1_000_000:
+            return None
+    return n
 
 
 def factorial_model(

@@ -24,7 +24,7 @@ import torch
 
 from study.config import Config
 from study.data import Splits
-from study.engine import curriculum
+from study.engine import curriculum, jacobian
 from study.engine.optimizers import StackOptimizer
 from study.engine.probes import STATS, Probe, probe_steps
 from study.engine.stack import Dropout, Stack, per_net_loss
@@ -57,6 +57,8 @@ class Outcome:
     plateau_at_step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # The Jacobian's spectrum at initialization (probe.jacobian; study.engine.jacobian).
+    jacobian: dict[str, float | bool | None] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -189,13 +191,26 @@ class Run:
 
     # -- what happens at the steps where the host looks -----------------------------------
 
-    def measure(self, step: int, update_ratio: np.ndarray | None = None) -> None:
+    def measure(
+        self, step: int, update_ratio: np.ndarray | None = None, only: set[int] | None = None
+    ) -> None:
+        """Probe the stack; record it for every alive net, or the positions ``only``."""
         self.clock.charge(self.roster.alive)
         stats = self.probe.measure()
         if update_ratio is not None:
             stats["update_ratio"] = update_ratio
         for position, i in enumerate(self.roster.alive):
-            self.rows[i].append((step, {k: v[position] for k, v in stats.items()}))
+            if only is None or position in only:
+                self.rows[i].append((step, {k: v[position] for k, v in stats.items()}))
+        self.clock.charge(self.roster.alive, probing=True)
+
+    def measure_jacobian(self) -> None:
+        """Each net's Jacobian spectrum at initialization, on its own probe batch (probing time)."""
+        self.clock.charge(self.roster.alive)
+        x = self.probe.batches[0][0]
+        stats = jacobian.measure(self.stack, x, self.cfg.probe, [c.seed for c in self.cfgs])
+        for position, i in enumerate(self.roster.alive):
+            self.outcomes[i].jacobian = {key: values[position] for key, values in stats.items()}
         self.clock.charge(self.roster.alive, probing=True)
 
     def retire_diverged(self, step: int) -> None:
@@ -242,12 +257,16 @@ class Run:
                                    [float(v[position]) for pair in splits for v in pair],
                                    strict=True))  # fmt: skip
 
-    def stop_plateaued(self, step: int) -> None:
-        """With early stopping, the nets that reached their plateau at this evaluation."""
+    def stop_plateaued(self, step: int, probed: bool) -> None:
+        """With early stopping, the nets that reached their plateau at this evaluation: probed
+        there (unless this step was probed already), as every run is after its last update,
+        then evaluated and retired."""
         done = [
             p for p, i in enumerate(self.roster.alive)
             if self.cfgs[i].train.early_stop and self.outcomes[i].plateau_at_step == step
         ]  # fmt: skip
+        if done and self.cfg.probe.enabled and not probed:
+            self.measure(step, only=set(done))
         self.finish(done, step)
         self.clock.charge(self.roster.alive)
         self.roster.retire(done)
@@ -257,6 +276,8 @@ class Run:
     def train(self) -> list[Outcome]:
         cfg, steps = self.cfg, self.cfg.train.steps
         due = set(probe_steps(cfg.probe.schedule, steps)) if cfg.probe.enabled else set()
+        if cfg.probe.jacobian:
+            self.measure_jacobian()
         if 0 in due:
             self.measure(0)
         clip, stack = cfg.optim.clip_norm, self.stack
@@ -287,7 +308,7 @@ class Run:
                 self.measure(step, self.probe.update_ratio())
             if eval_due:
                 self.evaluate_curves(step)
-                self.stop_plateaued(step)
+                self.stop_plateaued(step, probe_due)
                 if not self.roster.alive:
                     break
         if steps > 0:

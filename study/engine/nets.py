@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from study.config import Activation, Init, ModelConfig, Norm, Skip
+from study.config import EXPLICIT_INITS, Activation, Init, ModelConfig, Norm, Scaling, Skip
 
 # --------------------------------------------------------------------------- activations
 
@@ -85,7 +85,8 @@ def _default(w: torch.Tensor, slope: float, gen: torch.Generator) -> None:
 
 
 # Each takes a Linear weight (out, in), the activation's negative slope and the net's
-# random stream, and draws the weight in place.
+# random stream, and draws the weight in place. The explicit-variance inits draw here at
+# sigma_w^2 = 1; ``_linear_state`` scales them and draws their biases.
 Scheme = Callable[[torch.Tensor, float, torch.Generator], None]
 INITS: dict[Init, Scheme] = {
     Init.default: _default,  # kaiming_uniform with a=sqrt(5), and uniform biases
@@ -95,6 +96,8 @@ INITS: dict[Init, Scheme] = {
     Init.kaiming_normal: _kaiming_normal,
     Init.orthogonal: lambda w, slope, gen: nn.init.orthogonal_(w, gain=1.0, generator=gen),
     Init.lecun_normal: _lecun_normal,
+    Init.gaussian: _lecun_normal,
+    Init.scaled_orthogonal: lambda w, slope, gen: nn.init.orthogonal_(w, gain=1.0, generator=gen),
 }
 
 
@@ -102,12 +105,21 @@ INITS: dict[Init, Scheme] = {
 # written here, beside the inits, and nowhere else.
 
 
-def sigma_w2(init: Init, activation: Activation, fan_in: int, fan_out: int) -> float:
+def sigma_w2(
+    init: Init, activation: Activation, fan_in: int, fan_out: int, explicit: float | None = None
+) -> float:
     """fan_in * Var(W) that an init gives a Linear(fan_in, fan_out): the mean-field sigma_w^2.
 
     Orthogonal (gain 1): a tall matrix (fan_out >= fan_in) has orthonormal columns, so each
     entry has variance 1/fan_out; a wide one has orthonormal rows, variance 1/fan_in.
+    The explicit-variance inits scale that by ``explicit``, the config's model.sigma_w2.
     """
+    init = Init(init)
+    if init in EXPLICIT_INITS:
+        if explicit is None:
+            raise ValueError(f"init {init} has no variance of its own: pass model.sigma_w2")
+        unit = Init.lecun_normal if init is Init.gaussian else Init.orthogonal
+        return explicit * sigma_w2(unit, activation, fan_in, fan_out)
     slope = ACTIVATIONS[Activation(activation)].negative_slope
     return {
         Init.default: 1.0 / 3.0,  # kaiming_uniform(a=sqrt(5)): bound 1/sqrt(fan_in)
@@ -120,9 +132,15 @@ def sigma_w2(init: Init, activation: Activation, fan_in: int, fan_out: int) -> f
     }[Init(init)]
 
 
-def sigma_b2(init: Init, fan_in: int) -> float:
-    """Var(b) of a Linear's bias: zero, except PyTorch's default uniform(+-1/sqrt(fan_in))."""
-    return 1.0 / (3.0 * fan_in) if Init(init) is Init.default else 0.0
+def sigma_b2(init: Init, fan_in: int, explicit: float | None = None) -> float:
+    """Var(b) of a Linear's bias: zero, except PyTorch's default uniform(+-1/sqrt(fan_in))
+    and the explicit-variance inits' ``explicit``, the config's model.sigma_b2."""
+    init = Init(init)
+    if init in EXPLICIT_INITS:
+        if explicit is None:
+            raise ValueError(f"init {init} has no bias variance of its own: pass model.sigma_b2")
+        return explicit
+    return 1.0 / (3.0 * fan_in) if init is Init.default else 0.0
 
 
 # --------------------------------------------------------------------------------- norms
@@ -162,16 +180,19 @@ class PlainLayer(nn.Module):
 
 
 class ResidualLayer(nn.Module):
-    """x + scale * block(x)."""
+    """x + s * block(x): s = scale, scale / sqrt(depth), or learned from 0 (``alpha``)."""
 
     def __init__(self, fan_in: int, cfg: ModelConfig):
         super().__init__()
         self.block = Block(fan_in, cfg.width, cfg)
-        self.scale = cfg.residual.scale
+        self.scale = cfg.branch_scale()
+        if cfg.residual.scaling == Scaling.rezero:
+            self.alpha = nn.Parameter(torch.zeros(1))
         self.out_features = cfg.width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.scale * self.block(x)
+        scale = self.alpha if hasattr(self, "alpha") else self.scale
+        return x + scale * self.block(x)
 
 
 class HighwayLayer(nn.Module):
@@ -257,6 +278,11 @@ def _linear_state(
     if cfg.init == Init.default:  # PyTorch's uniform bias, +-1/sqrt(fan_in)
         bound = 1.0 / math.sqrt(fan_in)
         nn.init.uniform_(bias, -bound, bound, generator=gen)
+    if cfg.init in EXPLICIT_INITS:
+        # The sigma_w^2 = 1 draw scaled, and the bias drawn even at sigma_b^2 = 0: nets of a
+        # (sigma_w^2, sigma_b^2) grid with one seed share their noise, so the grid is smooth.
+        weight.mul_(math.sqrt(cfg.sigma_w2))
+        bias.normal_(0.0, math.sqrt(cfg.sigma_b2), generator=gen)
     state[prefix + "weight"], state[prefix + "bias"] = weight, bias
 
 
@@ -298,6 +324,8 @@ def initial_state(
         if cfg.skip == Skip.highway:
             _linear_state(params, prefix + "gate.", width, cfg.width, cfg, gen)
             params[prefix + "gate.bias"].fill_(cfg.highway.gate_bias)
+        if cfg.skip == Skip.residual and cfg.residual.scaling == Scaling.rezero:
+            params[prefix + "alpha"] = torch.zeros(1)  # no draw: the stream is as without it
         width = width + out if cfg.skip == Skip.dense else cfg.width
     _linear_state(params, "head.", width, num_classes, cfg, gen)
     return params, buffers

@@ -7,6 +7,20 @@ stacked, so that ``params["stem.weight"][g]`` is net g's stem weight. The forwar
 operations, one call per group instead of one per net. No operation mixes nets (each slice
 of a batched matmul is its own product; norms reduce within a net), which is why a net's
 numbers do not depend on the group it ran in.
+
+Why by hand rather than with ``torch.func`` (checked with torch 2.13.0 on 2026-12-06, at
+commit 82573b0; ``benchmarks/bench_group.py``'s ``vmap`` variant): ``vmap(grad(...))`` over
+``functional_call`` of the nets' modules trains the same nets to float32 rounding, and runs
+batch norm with running statistics if those are stacked and batched (shared ones it
+refuses). It cannot draw each net's dropout masks from the net's own generator (a
+generator cannot be a vmapped argument; ``randomness="different"`` slices one draw among
+the group), and it keeps no bitwise guarantee: a net's gradients alone (a vmap of one) and
+in a group of three differed in the last bits (the head's weight at width 16; with batch
+norm, 9 of 20 tensors), where the stack's were equal. Per-net learning rates stop
+``torch.optim`` (one rate per tensor), not vmap, so a group needs
+``study.engine.optimizers`` either way. And vmap was slower: 1.31x the stack's time at 20
+nets of depth 32, width 64, batch 64, and 1.33x at 8 nets of depth 16, width 128, batch 128
+(medians, one thread, a busy 2-core machine; 1.33x and 1.25x in CPU time).
 """
 
 from __future__ import annotations
@@ -135,6 +149,7 @@ class Stack:
         self.norm_eps = getattr(norm, "eps", 0.0)
         self.norm_momentum = getattr(norm, "momentum", 0.0)
         self.act = ACTIVATIONS[cfg.activation].make()
+        self.branch = cfg.branch_scale()  # a residual branch's fixed factor
         self.training = True
 
     @classmethod
@@ -237,7 +252,8 @@ class Stack:
             if cfg.skip == Skip.none:
                 out = a
             elif cfg.skip == Skip.residual:
-                out = h + cfg.residual.scale * a
+                scale = p.get(pre + "alpha")  # learned, (G, 1): ReZero's
+                out = h + (scale.unsqueeze(-1) * a if scale is not None else self.branch * a)
             elif cfg.skip == Skip.highway:
                 t = torch.sigmoid(linear(h, p[pre + "gate.weight"], p[pre + "gate.bias"]))
                 out = t * a + (1 - t) * h

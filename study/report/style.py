@@ -46,6 +46,8 @@ INIT_COLORS: dict[str, str] = {
     Init.kaiming_normal: "#AA3377",
     Init.orthogonal: "#228833",
     Init.lecun_normal: "#CCBB44",
+    Init.gaussian: "#EE7733",
+    Init.scaled_orthogonal: "#009988",
 }
 # Where a figure already spends colour on the activation, the init is a line style.
 INIT_LINESTYLES: dict[str, object] = {
@@ -56,6 +58,8 @@ INIT_LINESTYLES: dict[str, object] = {
     Init.kaiming_normal: (0, (2.5, 1.2)),
     Init.orthogonal: (0, (3, 1, 1, 1, 1, 1)),
     Init.lecun_normal: (0, (6, 1, 1, 1)),
+    Init.gaussian: (0, (1, 3)),
+    Init.scaled_orthogonal: (0, (4, 2, 1, 2)),
 }
 NORM_COLORS: dict[str, str] = {Norm.none: "#555555", Norm.batch: "#33BBEE", Norm.layer: "#EE3377"}
 SKIP_COLORS: dict[str, str] = {
@@ -96,6 +100,8 @@ INIT_LABELS: dict[str, str] = {
     Init.kaiming_normal: "He",
     Init.orthogonal: "orthog.",
     Init.lecun_normal: "LeCun",
+    Init.gaussian: "Gaussian",
+    Init.scaled_orthogonal: "orthog. scaled",
 }
 NORM_LABELS: dict[str, str] = {
     Norm.none: "no norm",

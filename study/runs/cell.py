@@ -143,6 +143,7 @@ def execute_group(cells: Sequence[Cell], splits: datasets.Splits) -> list[Record
                 diverged_at_step=outcome.diverged_at_step,
                 steps_to_target=outcome.steps_to_target,
                 plateau_at_step=outcome.plateau_at_step,
+                **outcome.jacobian,  # probe.jacobian: study.config.JACOBIAN_STATS
             )
         record = {
             **base,

@@ -155,7 +155,8 @@ class Session:
     ) -> Session:
         tracker = None
         if config.tracking.enabled:
-            tracker = mirror.Tracker(config.tracking.uri, config.tracking.experiment)
+            tracking = config.tracking
+            tracker = mirror.Tracker(tracking.uri, tracking.experiment, tracking.bulk)
         session = cls(sweep_dir, total, tracker, held)
         if session.room is not None:
             session.room.hold()  # for ending the parent run even on a full disk

@@ -26,7 +26,7 @@ from typing import NoReturn
 from mlflow.entities import RunStatus
 
 from study import records
-from study.config import ConfigError, TrackingConfig, from_dict
+from study.config import ConfigError, TrackingConfig, as_dict, from_dict
 from study.tracking import cell_runs, experiment, mirror, uri
 
 PROG = "study.tracking"
@@ -38,7 +38,9 @@ def fail(code: int, message: str) -> NoReturn:
 
 
 def tracking_of(record: dict, store: str | None, name: str | None) -> TrackingConfig:
-    cfg = from_dict(TrackingConfig, {**record["config"]["tracking"], "enabled": True})
+    # A record written before a knob existed (tracking.bulk) takes the knob's default.
+    defaults = as_dict(TrackingConfig())
+    cfg = from_dict(TrackingConfig, {**defaults, **record["config"]["tracking"], "enabled": True})
     if store is not None:
         cfg.uri = store
     if name is not None:
@@ -56,7 +58,7 @@ def mirror_sweep(folder: Path, store: str | None, name: str | None) -> experimen
     if not cells:
         raise ConfigError(str(folder), "the sweep lists no recorded cells (has it ended?)")
     cfg = tracking_of(cells[0][0], store, name)
-    tracker = mirror.tracker(cfg.uri, cfg.experiment)
+    tracker = mirror.tracker(cfg.uri, cfg.experiment, cfg.bulk)
     # The sweep's parent run, if it is in this store and experiment (a parent elsewhere
     # would link the cells across experiments).
     logged_to = (info.get("tracking_uri"), info.get("experiment_id"))
@@ -85,7 +87,7 @@ def mirror_runs(folders: list[Path], store: str | None, name: str | None) -> exp
             out.error = out.error or f"{folder / records.RUN_FILE} is unreadable"
             continue
         cfg = tracking_of(record, store, name)
-        tracker = mirror.tracker(cfg.uri, cfg.experiment)
+        tracker = mirror.tracker(cfg.uri, cfg.experiment, cfg.bulk)
         if cell_runs.mirrored(record, records.read_mirror(folder), tracker):
             continue
         error = cell_runs.mirror_cells(cfg, [(record, experiment.read_layers(folder), folder)],

@@ -5,6 +5,12 @@ MLflow's own table models (:class:`SqlRows`: runs, tags, params, metrics, and th
 the runs read, as ``log_inputs`` records them), tried again while SQLite is locked
 (:func:`retry_locked`). Connections get write-ahead logging on SQLite, and a forked sweep
 worker lets go of the ones it inherits from its parent.
+
+MLflow's tables, its table models (``dbmodels.models``) and its store's sessions and helpers
+are private to MLflow, with no public equivalent for writing many runs at once: pyproject.toml
+pins the minor version they are tested with, and tests/test_bulk.py compares every row the
+bulk path writes, whole, with what MLflow's public client writes (``tracking.bulk: false``
+logs through that client instead).
 """
 
 from __future__ import annotations
@@ -164,6 +170,8 @@ class SqlRows:
                     SqlRun.run_uuid.in_(trash), SqlRun.lifecycle_stage == LifecycleStage.ACTIVE
                 )
                 for run in stale.all():
+                    # delete_run's own step, in this transaction (it also drops what else
+                    # MLflow keeps of the run); tests/test_bulk.py compares trashed runs' rows.
                     self.store._mark_run_deleted(session, run)
             for model, rows in [*self.tables.items(), *self.input_rows(uuids).items()]:
                 if rows:

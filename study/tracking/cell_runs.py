@@ -5,15 +5,17 @@ profile picture, reuses every record instead of retraining every cell. The recor
 are the source of truth; MLflow mirrors them:
 
 - times: start = the record's ``started_at``, end = start + ``timings.wall_s`` (a group's
-  cells start together and each lasts its share of the group's wall time);
+  cells start together and each lasts its share of the group's wall time: the UI's
+  Duration is the cell's own time, not the group's);
 - params: the study's knobs (the resolved config less ``run_name`` and ``tracking``);
 - tags: status and provenance (``study.*``), MLflow's own (``mlflow.source.*``,
   ``mlflow.user``) and a description (``mlflow.note.content``) holding the command that
-  reproduces the cell;
+  reproduces the cell, one override a line (the run page does not wrap a code block);
 - the dataset, as a run input with the data file's checksum as its digest;
 - metrics: outcomes, summaries and timings under their record names; the per-layer
   profiles as ``{init,final}_by_layer/<stat>`` with step = layer (1 = input side), the
   statistics that span decades as their log10 (``log10_<stat>``); the learning curves;
+  each value to 6 significant digits;
 - artifacts: ``layers.parquet``, ``config.json`` and a ``profile.svg`` picture.
 """
 
@@ -23,6 +25,8 @@ import functools
 import getpass
 import json
 import math
+import numbers
+import shlex
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,7 +51,7 @@ CONFIG_ARTIFACT = "config.json"
 PROFILE_ARTIFACT = "profile.svg"
 # What a run looks like in MLflow. Records carry it (``record["mlflow"]["mirror"]``), so a
 # sweep logs a skipped cell again when what MLflow shows has changed since it was logged.
-MIRROR_VERSION = 2
+MIRROR_VERSION = 3  # 3: metrics to SIGNIFICANT digits, the command one override a line
 # Per-layer statistics that span decades across layers: logged as their log10, so that the
 # MLflow chart of a vanishing profile is a line, not a flat zero with one spike. (Their
 # linear values are in layers.parquet; logging both would cost a third more rows, each
@@ -57,6 +61,7 @@ LOG10_STATS = ("weight_grad_norm", "signal_grad_norm", "activation_rms", "update
 BY_LAYER = {"init": "init_by_layer", "final": "final_by_layer"}
 DATA_CONTEXT = "training"  # the input tag MLflow's Dataset column shows beside the name
 DIGEST_CHARS = 36  # MLflow keeps at most 36 characters of a dataset digest
+SIGNIFICANT = 6  # digits of a logged metric (the UI prints all 17); records keep them all
 
 
 def layer_metric(when: str, stat: str) -> str:
@@ -94,11 +99,17 @@ def dataset(record: dict[str, Any]) -> DatasetInput:
     return DatasetInput(entry, [InputTag("mlflow.data.context", DATA_CONTEXT)])
 
 
+def command_lines(config: dict[str, Any]) -> str:
+    """:func:`reproduce.command`, one override a line, continued: the run page does not wrap
+    a code block (a train cell's one line made it ~3,000 px wide). The same shell command."""
+    return " \\\n  ".join([reproduce.ENTRY, *map(shlex.quote, reproduce.overrides(config))])
+
+
 def description(record: dict[str, Any]) -> str:
     """The run's description (markdown): the command that reproduces the cell."""
     return (
         "Reproduce this cell (from the project root, data prepared):\n\n"
-        f"```\n{reproduce.command(record['config'])}\n```\n\n"
+        f"```\n{command_lines(record['config'])}\n```\n\n"
         f"Cell key `{record['cell_key']}`, code version `{record['code_version']}`. "
         "Per-layer charts (`init_by_layer/*`, `final_by_layer/*`): step = layer, "
         "1 = input side; the Metrics table shows their last point, the layer nearest the "
@@ -132,15 +143,24 @@ def params(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k != "run_name" and not k.startswith("tracking.")}
 
 
+def shown(value: float) -> float:
+    """A value to :data:`SIGNIFICANT` digits: the float nearest that decimal, whose shortest
+    form (what the UI prints) is the decimal. Counts stay exact; NaN and inf stay."""
+    if isinstance(value, numbers.Integral):
+        return value
+    return float(f"{value:.{SIGNIFICANT}g}")
+
+
 def metrics(
     record: dict[str, Any], layers: dict[str, np.ndarray], layer_metrics: Sequence[str]
 ) -> list:
     """Outcomes, summaries and timings; per-layer profiles at init and at the last probe
-    (step = layer); the learning curves (step = training step). NaN is left out."""
+    (step = layer); the learning curves (step = training step); to :data:`SIGNIFICANT`
+    digits. NaN is left out."""
     now = int(time.time() * 1000)
     scalars = {**record["metrics"], **record["summary"], **record["timings"]}
     out = [
-        metric(k, v, timestamp=now)
+        metric(k, shown(v), timestamp=now)
         for k, v in scalars.items()
         if v is not None and not isinstance(v, bool) and math.isfinite(v)
     ]
@@ -152,10 +172,11 @@ def metrics(
                 name = f"log10_{stat}"
                 with np.errstate(divide="ignore", invalid="ignore"):
                     values = np.log10(values.astype(float))  # 0 -> -inf: left out, as NaN
-            out += finite_metrics(layer_metric(when, name), values, depth, now)
+            out += finite_metrics(layer_metric(when, name), map(shown, values), depth, now)
     curve = record["curve"]
     for key in ("train_loss", "val_loss", "val_accuracy"):
-        out += finite_metrics(f"curve/{key}", curve.get(key, []), curve.get("step", []), now)
+        values = map(shown, curve.get(key, []))
+        out += finite_metrics(f"curve/{key}", values, curve.get("step", []), now)
     return out
 
 
@@ -239,7 +260,7 @@ def log_cells(
     """
     if not cells:
         return []
-    tracker = mirror.tracker(tracking_cfg.uri, tracking_cfg.experiment)
+    tracker = mirror.tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.bulk)
     out_dirs = [Path(out_dir) for _, _, out_dir in cells]
     specs = [
         run_spec(tracking_cfg, record, layers, out_dir, parent_run_id,

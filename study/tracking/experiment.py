@@ -2,8 +2,9 @@
 
 - The experiment: a description (the preset's own header, from ``conf/sweep/``), marked as
   a model-training experiment (so the UI opens on its runs table, not a GenAI overview),
-  and a saved view, "cells", that shows the five axes, the seed, the status and the main
-  outcomes as columns with the parent run expanded.
+  and a saved view, "cells", whose columns are what the sweep varies (each axis of its grid
+  with more than one value, the seed last), the status and the main outcomes, its run
+  name column as wide as the sweep's longest run name.
 - The parent run: the grid and profile as params, the command as its description and
   source, and when the sweep ends its counts, ``sweep.json`` and summary figures.
 - The cells: a skipped cell whose MLflow run is not what this sweep would log (an older
@@ -36,8 +37,10 @@ from study.tracking import cell_runs, mirror
 CONF_SWEEP = CONF_DIR / "sweep"
 VIEW_ID = "cells"  # the saved view's id: ?viewStateShareKey=cells
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
-AXES = ("model.depth", "model.activation", "model.init", "model.norm", "model.skip")
 OUTCOMES = ("signal_log10_rate_init", "test_accuracy")  # (a probe-only sweep has no accuracy)
+# The run name column: a child row's name follows its parent's indent and a colour dot
+# (~80 px); a name that does not compose gets the width the init sweep's names need.
+INDENT_PX, NAME_PX = 80, 340
 # A skipped cell is logged again from its record in chunks of this many (one transaction).
 CHUNK = 64
 
@@ -92,22 +95,60 @@ def experiment_description(about: About, name: str) -> str:
              f"Each run under the parent run `sweep {name}` is one cell of the grid; its "
              "description holds the command that reproduces it. Per-layer charts "
              "(`init_by_layer/*`, `final_by_layer/*`): step = layer, 1 = input side. "
-             f"The saved view `{VIEW_ID}` (Views) shows the axes as columns."]  # fmt: skip
+             f"The saved view `{VIEW_ID}` (Views) shows the swept axes as columns."]  # fmt: skip
     return "\n\n".join(p for p in parts if p)
 
 
-def saved_view(parent_id: str, axes: Sequence[str]) -> str:
-    """A saved view as the UI stores one (an experiment tag holding a JSON envelope): the
-    cells' axes, seed and status, then the main outcomes, then the dataset, as columns.
-    (The UI does not restore expanded rows from a saved view: the parent's "+" shows its
-    cells.)"""
-    params = [*(f"params.`{a}`" for a in axes), "params.`seed`", "tags.`study.status`"]
+def varied(grid: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The axes a sweep's cells differ in, as their runs' params name them: each axis of
+    the grid with more than one value, in the grid's order, the seed (the replicate) last.
+    A config group (``optim=sgd,adamw``) is the ``name`` its options set."""
+    axes = sorted((k for k, v in grid.items() if len(v) > 1), key=lambda k: k == "seed")
+    return {f"{k}.name" if (CONF_DIR / k).is_dir() else k: grid[k] for k in axes}
+
+
+def longest_run_name(about: About) -> str | None:
+    """The sweep's run name with every axis at its longest value: its longest run name,
+    or a little longer (axes of two different grids side by side); None if it does not
+    compose. Composed as a cell's config is: the preset, then the grid's values."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [f"+sweep={about.preset}"] if about.preset else []
+    overrides += [f"{k}={max(v, key=len)}" for k, v in about.grid.items()]
+    try:
+        if GlobalHydra.instance().is_initialized():  # in the sweeper: ~0.1 s
+            return str(compose(config_name="config", overrides=overrides).run_name)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return str(compose(config_name="config", overrides=overrides).run_name)
+    except (HydraException, OmegaConfBaseException):
+        return None  # e.g. a key the command added with "+": the view's default width
+
+
+def text_px(chars: int) -> int:
+    """A column's width for text of ``chars`` characters: the runs table's font takes
+    ~6.4 px a character (measured in chromium), the cell's padding ~20 px."""
+    return 7 * chars + 24
+
+
+def saved_view(parent_id: str, axes: dict[str, list[str]], run_name: str | None) -> str:
+    """A saved view as the UI stores one (an experiment tag holding a JSON envelope):
+    ``axes`` (param -> its values) and the status, then the main outcomes, then the
+    dataset, as columns, each wide enough for its header and values; the run name column
+    for ``run_name`` beside the child rows' indent and colour dot. (The UI does not
+    restore expanded rows from a saved view: the parent's "+" shows its cells.)"""
+    params = [*(f"params.`{a}`" for a in axes), "tags.`study.status`"]
     metrics = [f"metrics.`{m}`" for m in OUTCOMES]
     columns = [*params, *metrics, "attributes.`Dataset`"]
     order = ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns]
-    widths = {"attributes.`Run Name`": 340, "attributes.`Dataset`": 150,
-              "params.`model.activation`": 135, "params.`model.init`": 135,
-              **{m: 175 for m in metrics}}  # fmt: skip
+    widths = {
+        "attributes.`Run Name`": INDENT_PX + text_px(len(run_name)) if run_name else NAME_PX,
+        "attributes.`Dataset`": 150,
+        **{f"params.`{a}`": text_px(max(len(a), *map(len, v))) for a, v in axes.items()},
+        **{m: 175 for m in metrics},
+    }
     state = {"selectedColumns": columns, "columnOrder": order, "columnWidths": widths}
     now = int(time.time() * 1000)
     return json.dumps({"name": "cells", "createdAt": now, "updatedAt": now,
@@ -115,11 +156,11 @@ def saved_view(parent_id: str, axes: Sequence[str]) -> str:
 
 
 def prepare_experiment(tracker: mirror.Tracker, about: About, name: str, parent: str) -> None:
-    axes = [a for a in AXES if a in about.grid] or list(AXES)
+    view = saved_view(parent, varied(about.grid), longest_run_name(about))
     for key, value in {
         "mlflow.note.content": experiment_description(about, name),
         "mlflow.experimentKind": "custom_model_development",
-        VIEW_TAG: saved_view(parent, axes),
+        VIEW_TAG: view,
     }.items():
         tracker.client.set_experiment_tag(tracker.experiment_id, key, value)
 

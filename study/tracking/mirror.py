@@ -8,7 +8,7 @@ transaction, written with MLflow's own table models: the rows ``create_run``, ``
 and ``set_terminated`` would write, row for row, without their four-plus transactions per
 run (each a lock and a commit on SQLite; the rows and connections: ``bulk``). A
 tracking server does its own transactions: it gets those client calls, run by run, each
-``log_batch`` within MLflow's limits.
+``log_batch`` within MLflow's limits; so does a SQL store with ``tracking.bulk: false``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlflow.entities import DatasetInput, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
@@ -113,16 +114,22 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:400]
 
 
+def tracker(uri: str, experiment: str, bulk: bool = True) -> Tracker:
+    """One tracker per process, experiment and ``bulk`` (``tracking.bulk``): a sweep worker
+    reuses it job after job."""
+    return _tracker(uri, experiment, bool(bulk))
+
+
 @functools.cache
-def tracker(uri: str, experiment: str) -> Tracker:
-    """One tracker per process and experiment: a sweep worker reuses it job after job."""
-    return Tracker(uri, experiment)
+def _tracker(uri: str, experiment: str, bulk: bool) -> Tracker:
+    return Tracker(uri, experiment, bulk)
 
 
 class Tracker:
-    """Logs finished runs to one MLflow experiment."""
+    """Logs finished runs to one MLflow experiment. ``bulk``: write a SQL store's rows
+    directly (study.tracking.bulk); false: through MLflow's public client, as to a server."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, bulk: bool = True):
         self.uri, self.experiment = uri, experiment
         try:  # a SQL store is created here; the first request to a server is the next line
             self.client = MlflowClient(tracking_uri=uri)
@@ -136,9 +143,12 @@ class Tracker:
             raise ConfigError("tracking.uri", f"{uri}: {error_line(exc)}") from None
         except (OSError, SQLAlchemyError) as exc:  # a store MLflow cannot open or write
             raise ConfigError("tracking.uri", f"{uri}: {error_line(exc)}") from None
+        # The store the client itself writes with. Private (MLflow has no public way to
+        # it): the pin in pyproject.toml and tests/test_bulk.py, which checks that the bulk
+        # path is really taken, guard it.
         store = self.client._tracking_client.store
-        # None: a tracking server (or another store), logged to through the client.
-        self.sql_store = store if isinstance(store, SqlAlchemyStore) else None
+        # None: a tracking server (or another store), or bulk off: logged to through the client.
+        self.sql_store = store if bulk and isinstance(store, SqlAlchemyStore) else None
 
     def log_runs(
         self, runs: Sequence[RunSpec], on_create: Callable[[int, str], None] | None = None
@@ -204,7 +214,12 @@ class Tracker:
         in the store is complete, and a crash before the commit leaves no run at all."""
         store = self.sql_store
         experiment = store.get_experiment(self.experiment_id)
-        store._check_experiment_is_active(experiment)  # as create_run checks
+        if experiment.lifecycle_stage != LifecycleStage.ACTIVE:  # as create_run refuses
+            raise MlflowException(
+                f"The experiment {experiment.experiment_id} must be in the 'active' state. "
+                f"Current state is {experiment.lifecycle_stage}.",
+                INVALID_PARAMETER_VALUE,
+            )
         start = now_ms()
         run_ids = [uuid.uuid4().hex for _ in runs]  # what create_run would draw
         for i, run_id in enumerate(run_ids):

@@ -1,6 +1,10 @@
 """A run to log, as MLflow's client would take it: the one description both ways of logging
 share (``mirror.Tracker``'s client calls, ``bulk.SqlRows``' rows), checked as ``log_batch``
 checks it.
+
+MLflow has no public validation: the checks are its private ``_validate_*`` functions, the
+ones ``log_batch`` calls (the pin in pyproject.toml and tests/test_bulk.py, which logs bad
+keys and long values both ways, guard them).
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from typing import Any
 
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from mlflow.utils.validation import _validate_metric_name, _validate_param, _validate_tag
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    _validate_length_limit,
+    _validate_metric_name,
+    _validate_param,
+    _validate_tag,
+)
 
 
 def now_ms() -> int:
@@ -56,7 +66,9 @@ class RunSpec:
     datasets: list[DatasetInput] = field(default_factory=list)  # MLflow's run inputs
 
     def validated(self) -> tuple[list[Metric], list[Param], list[RunTag]]:
-        """As log_batch validates them: bad keys raise, overlong values are truncated.
+        """As log_batch validates them: bad keys raise, overlong values are truncated. (The
+        client path hands the tags to create_run, which takes them unchecked; the study's tag
+        keys are its own constants, valid either way.)
 
         Each distinct key, and each distinct param, is checked once per process (a sweep
         logs the same few hundred keys, and mostly the same params, for thousands of runs);
@@ -73,7 +85,10 @@ class RunSpec:
 
 @functools.cache
 def _checked_metric_key(key: str) -> None:
+    """As log_batch's ``_validate_metric`` checks a key (its name check leaves out the length;
+    SQLite would store an overlong key that the client refuses)."""
     _validate_metric_name(key)
+    _validate_length_limit("Metric name", MAX_ENTITY_KEY_LENGTH, key)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -5,7 +5,7 @@
 Starts ``mlflow server`` bound to 127.0.0.1 with one web worker and no job runner (MLflow's
 defaults: four workers plus a job runner, ~31 s to start and ~3.7 GB here; this: ~6 s and
 ~0.5 GB), and usage telemetry off (no "collects usage data" calls from the server). Prints
-the runs view of each experiment, with the study's saved view of its cells (the axes as
+the runs view of each experiment, with the study's saved view of its cells (the swept axes as
 columns), and how to read the per-layer charts; stops the server on Ctrl-C.
 
 Bad input (no store, a port that is not a number or is taken) is one line and exit
