@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from study.analysis import analyze, meanfield, residual, theory
+from study.analysis import analyze, meanfield, phase, residual, theory
 from study.config import ModelConfig
 from study.engine import nets
 from study.engine.probes import profile_summary
@@ -55,11 +55,11 @@ def test_sigmoid_has_a_fixed_point_and_tanh_at_xavier_decays_to_zero():
 
 
 def test_depth_scale_is_infinite_at_the_edge_of_chaos_and_finite_off_it():
-    assert meanfield.depth_scale("relu", sigma_w2=2.0) == math.inf
-    ordered = meanfield.depth_scale("sigmoid", sigma_w2=1.0)
+    assert phase.xi_c("relu", sigma_w2=2.0) == math.inf
+    ordered = phase.xi_c("sigmoid", sigma_w2=1.0)
     chi_star = meanfield.chi("sigmoid", meanfield.fixed_point("sigmoid", 1.0), 1.0)
     assert ordered == pytest.approx(-1 / math.log(chi_star), rel=1e-12)
-    assert 0 < meanfield.depth_scale("tanh", sigma_w2=2.0) < math.inf  # chaotic phase
+    assert 0 < phase.xi_c("tanh", sigma_w2=2.0) < math.inf  # chaotic phase
 
 
 # ------------------------------------------------------------- finite-batch batch norm
@@ -141,6 +141,39 @@ def test_relu_residual_block_adds_the_scaled_branch_rate_at_infinite_width():
         factors = theory.residual_factors("relu", 1.0, sigma_w2=2.0, depth=10, width=math.inf,
                                           scale=scale)  # fmt: skip
         assert factors[:-1] == pytest.approx(np.full(9, 1 + scale**2), abs=1e-12)
+
+
+def test_scaled_branches_grow_by_one_plus_s_squared_chi(mnist1d):
+    # sqrt_depth: s = scale / sqrt(L), so scale 1 at depth 16 is constant scale 0.25; at
+    # infinite width ReLU + He grows by 1 + s^2 per block: rate 0.5 log10(1 + 1/16) = 0.0132;
+    # at width 128 the drifting stream's mode and the head lift it to 0.0180.
+    def rate(width=128, **residual):
+        return theory.predict("relu", "kaiming_normal", "none", "residual", 16, width,
+                              mnist1d.num_features, **residual).log10_rate  # fmt: skip
+
+    assert rate(residual_scaling="sqrt_depth") == pytest.approx(rate(residual_scale=0.25),
+                                                                rel=1e-12)  # fmt: skip
+    factors = theory.residual_factors("relu", 1.0, sigma_w2=2.0, depth=16, width=math.inf,
+                                      scale=0.25)  # fmt: skip
+    assert factors[:-1] == pytest.approx(np.full(15, 1 + 1 / 16), abs=1e-12)
+    wide = rate(width=10**9, residual_scaling="sqrt_depth")
+    assert wide == pytest.approx(0.5 * math.log10(17 / 16), abs=1e-6)
+    assert rate(residual_scaling="sqrt_depth") == pytest.approx(0.0180, abs=1e-4)
+    # ReZero: s = 0 at init, every block the identity: growth 1, rate 0, whatever the scale.
+    p = theory.predict("relu", "kaiming_normal", "none", "residual", 16, 128,
+                       mnist1d.num_features, residual_scale=3.0, residual_scaling="rezero")  # fmt: skip
+    assert p.log10_rate == 0.0 and p.chi == 1.0
+
+
+def test_explicit_variances_reach_the_prediction(mnist1d):
+    # init gaussian with model.sigma_w2 = 1.3, model.sigma_b2 = 0.05: tanh in its ordered
+    # phase, a finite xi_c (7.83); the same net without the variances is refused.
+    p = theory.predict("tanh", "gaussian", "none", "none", 16, 128, mnist1d.num_features,
+                       sigma_w2=1.3, sigma_b2=0.05)  # fmt: skip
+    assert p.sigma_w2 == 1.3 and p.depth_scale == pytest.approx(phase.xi_c("tanh", 1.3, 0.05))
+    assert p.depth_scale == pytest.approx(7.83, abs=0.01)
+    with pytest.raises(ValueError, match="model.sigma_w2"):
+        theory.predict("tanh", "gaussian", "none", "none", 16, 128, mnist1d.num_features)
 
 
 def test_residual_stream_variance_counts_the_bias_once():
@@ -238,6 +271,44 @@ def test_relu_stream_drifts_along_the_all_ones_direction():
     assert v[1] == pytest.approx(0.4 + meanfield.q_map("tanh", 0.4, 1.0), rel=1e-12)
 
 
+def simulated_backward_factors(
+    width: int,
+    blocks: int = 64,
+    reuse_forward_weights: bool = True,
+    centre_branch: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per-block growth of the squared stream gradient of a He-initialised residual ReLU
+    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64 (the
+    Gaussian draws in float32: a quarter of the cost, and these draws are most of it); index 0
+    is the block nearest the output. A simulation, to check :func:`residual_factors` on.
+
+    ``reuse_forward_weights=False`` draws fresh weights for the backward pass: mean field's
+    gradient independence, 1 + chi_branch = 2 per block. ``centre_branch`` subtracts the
+    branch's per-example mean over units, x + P relu(W x) with P = I - 11'/n: the stream no
+    longer drifts, and the excess goes with it."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def weight() -> torch.Tensor:
+        return torch.randn(width, width, generator=gen).double() * math.sqrt(2 / width)
+
+    def centre(h: torch.Tensor) -> torch.Tensor:
+        return h - h.mean(dim=1, keepdim=True) if centre_branch else h
+
+    x = torch.randn(16, width, generator=gen).double()
+    weights, pre = [weight() for _ in range(blocks)], []
+    for w in weights:
+        pre.append(x @ w.T)
+        x = x + centre(torch.relu(pre[-1]))
+    g, factors = torch.randn(16, width, generator=gen).double(), []
+    for w, h in zip(reversed(weights), reversed(pre), strict=True):
+        w = w if reuse_forward_weights else weight()
+        new = g + ((h > 0).double() * centre(g)) @ w  # P is symmetric: P' g = centre(g)
+        factors.append((new.pow(2).sum() / g.pow(2).sum()).item())
+        g = new
+    return np.array(factors)
+
+
 def test_residual_relu_excess_is_the_drifting_stream():
     # The simulation reuses the forward weights backward (the real net); the model carries
     # the stream's mean (residual.stream_gradient_profile). Far from the output (blocks
@@ -247,16 +318,16 @@ def test_residual_relu_excess_is_the_drifting_stream():
     # units removes the drift, and the excess with it: ~2.0 everywhere.
     far, near = slice(40, 64), slice(4, 12)
     for width in (128, 512):
-        simulated = theory.residual_backward_factors(width)
+        simulated = simulated_backward_factors(width)
         g = residual.stream_gradient_profile("relu", 1.0, 2.0, depth=64, width=width)
         modelled = (g[:-1] / g[1:])[::-1]  # index 0 nearest the output, as simulated
         assert modelled[far].mean() == pytest.approx(2.89, abs=0.01)
         assert simulated[far].mean() == pytest.approx(modelled[far].mean(), abs=0.1)
         assert simulated[near].mean() == pytest.approx(modelled[near].mean(), abs=0.05)
-        centred = theory.residual_backward_factors(width, centre_branch=True)
+        centred = simulated_backward_factors(width, centre_branch=True)
         assert centred[far].mean() == pytest.approx(2.0, abs=0.06)
         assert centred[near].mean() == pytest.approx(2.0, abs=0.06)
-    independent = theory.residual_backward_factors(256, reuse_forward_weights=False)
+    independent = simulated_backward_factors(256, reuse_forward_weights=False)
     assert independent.mean() == pytest.approx(2.0, abs=0.05)
 
 
@@ -350,3 +421,28 @@ def test_decay_rates_reports_both_measures(mnist1d):
     assert not a["agrees"] and a["agrees_ratio"]
     assert b["agrees"] and b["agrees_ratio"] and b["rate_gap"] == pytest.approx(0.0, abs=1e-12)
     assert table["agrees"].dtype == "boolean" and table["agrees_ratio"].dtype == "boolean"
+
+
+def test_agreement_counts_read_both_measures():
+    rates = pd.DataFrame({"agrees": [True, False, False, pd.NA],
+                          "agrees_ratio": [True, True, False, pd.NA]}).astype("boolean")
+    assert analyze.agreement_counts(rates) == {"cells": 3, "agree_rate": 1, "agree_ratio": 2}
+
+
+def test_trainable_depth_gives_each_explicit_variance_its_own_finite_xi_c():
+    # Two tanh configurations at sigma_b^2 = 0.05 on both sides of the edge (1.76): each its
+    # own row, with 6 xi_c from its own variances; finite on both sides.
+    rows = []
+    for sigma_w2 in (1.3, 2.5):
+        for depth in (4, 8):
+            for seed in range(2):
+                rows.append({"sweep": "train", "activation": "tanh", "init": "gaussian",
+                             "norm": "none", "skip": "none", "depth": depth, "width": 64,
+                             "dataset": "digits", "seed": seed, "lr": 0.01,
+                             "status": "finished", "test_accuracy": 0.9, "val_accuracy": 0.9,
+                             "sigma_w2": sigma_w2, "sigma_b2": 0.05})  # fmt: skip
+    table = analyze.trainable_depth(pd.DataFrame(rows), {"digits": 64})
+    assert list(table["sigma_w2"]) == [1.3, 2.5]
+    expected = [6 * phase.xi_c("tanh", w, 0.05) for w in (1.3, 2.5)]
+    assert list(table["six_xi_c"]) == pytest.approx(expected)
+    assert np.isfinite(table["six_xi_c"]).all() and table["fails_at"].isna().all()
