@@ -271,44 +271,6 @@ def test_relu_stream_drifts_along_the_all_ones_direction():
     assert v[1] == pytest.approx(0.4 + meanfield.q_map("tanh", 0.4, 1.0), rel=1e-12)
 
 
-def simulated_backward_factors(
-    width: int,
-    blocks: int = 64,
-    reuse_forward_weights: bool = True,
-    centre_branch: bool = False,
-    seed: int = 0,
-) -> np.ndarray:
-    """Per-block growth of the squared stream gradient of a He-initialised residual ReLU
-    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64 (the
-    Gaussian draws in float32: a quarter of the cost, and these draws are most of it); index 0
-    is the block nearest the output. A simulation, to check :func:`residual_factors` on.
-
-    ``reuse_forward_weights=False`` draws fresh weights for the backward pass: mean field's
-    gradient independence, 1 + chi_branch = 2 per block. ``centre_branch`` subtracts the
-    branch's per-example mean over units, x + P relu(W x) with P = I - 11'/n: the stream no
-    longer drifts, and the excess goes with it."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def weight() -> torch.Tensor:
-        return torch.randn(width, width, generator=gen).double() * math.sqrt(2 / width)
-
-    def centre(h: torch.Tensor) -> torch.Tensor:
-        return h - h.mean(dim=1, keepdim=True) if centre_branch else h
-
-    x = torch.randn(16, width, generator=gen).double()
-    weights, pre = [weight() for _ in range(blocks)], []
-    for w in weights:
-        pre.append(x @ w.T)
-        x = x + centre(torch.relu(pre[-1]))
-    g, factors = torch.randn(16, width, generator=gen).double(), []
-    for w, h in zip(reversed(weights), reversed(pre), strict=True):
-        w = w if reuse_forward_weights else weight()
-        new = g + ((h > 0).double() * centre(g)) @ w  # P is symmetric: P' g = centre(g)
-        factors.append((new.pow(2).sum() / g.pow(2).sum()).item())
-        g = new
-    return np.array(factors)
-
-
 def test_residual_relu_excess_is_the_drifting_stream():
     # The simulation reuses the forward weights backward (the real net); the model carries
     # the stream's mean (residual.stream_gradient_profile). Far from the output (blocks
@@ -318,16 +280,16 @@ def test_residual_relu_excess_is_the_drifting_stream():
     # units removes the drift, and the excess with it: ~2.0 everywhere.
     far, near = slice(40, 64), slice(4, 12)
     for width in (128, 512):
-        simulated = simulated_backward_factors(width)
+        simulated = theory.residual_backward_factors(width)
         g = residual.stream_gradient_profile("relu", 1.0, 2.0, depth=64, width=width)
         modelled = (g[:-1] / g[1:])[::-1]  # index 0 nearest the output, as simulated
         assert modelled[far].mean() == pytest.approx(2.89, abs=0.01)
         assert simulated[far].mean() == pytest.approx(modelled[far].mean(), abs=0.1)
         assert simulated[near].mean() == pytest.approx(modelled[near].mean(), abs=0.05)
-        centred = simulated_backward_factors(width, centre_branch=True)
+        centred = theory.residual_backward_factors(width, centre_branch=True)
         assert centred[far].mean() == pytest.approx(2.0, abs=0.06)
         assert centred[near].mean() == pytest.approx(2.0, abs=0.06)
-    independent = simulated_backward_factors(256, reuse_forward_weights=False)
+    independent = theory.residual_backward_factors(256, reuse_forward_weights=False)
     assert independent.mean() == pytest.approx(2.0, abs=0.05)
 
 

@@ -90,6 +90,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import special
 from scipy.stats import qmc
 
@@ -289,3 +290,41 @@ def residual_factors(
     factors = np.full(depth, np.nan)
     factors[:-1] = profile[:-1] / profile[1:]
     return factors
+
+
+def residual_backward_factors(
+    width: int,
+    blocks: int = 64,
+    reuse_forward_weights: bool = True,
+    centre_branch: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per-block growth of the squared stream gradient of a He-initialised residual ReLU
+    stack x + relu(W x), from an isotropic output gradient on 16 inputs, in float64 (the
+    Gaussian draws in float32: a quarter of the cost, and these draws are most of it); index 0
+    is the block nearest the output. A simulation, to check :func:`residual_factors` on.
+
+    ``reuse_forward_weights=False`` draws fresh weights for the backward pass: mean field's
+    gradient independence, 1 + chi_branch = 2 per block. ``centre_branch`` subtracts the
+    branch's per-example mean over units, x + P relu(W x) with P = I - 11'/n: the stream no
+    longer drifts, and the excess goes with it."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def weight() -> torch.Tensor:
+        return torch.randn(width, width, generator=gen).double() * math.sqrt(2 / width)
+
+    def centre(h: torch.Tensor) -> torch.Tensor:
+        return h - h.mean(dim=1, keepdim=True) if centre_branch else h
+
+    x = torch.randn(16, width, generator=gen).double()
+    weights, pre = [weight() for _ in range(blocks)], []
+    for w in weights:
+        pre.append(x @ w.T)
+        x = x + centre(torch.relu(pre[-1]))
+    g, factors = torch.randn(16, width, generator=gen).double(), []
+    for w, h in zip(reversed(weights), reversed(pre), strict=True):
+        w = w if reuse_forward_weights else weight()
+        new = g + ((h > 0).double() * centre(g)) @ w  # P is symmetric: P' g = centre(g)
+        factors.append((new.pow(2).sum() / g.pow(2).sum()).item())
+        g = new
+    return np.array(factors)

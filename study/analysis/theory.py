@@ -39,6 +39,7 @@ from scipy.special import roots_jacobi
 
 from study.analysis import meanfield, phase
 from study.analysis.residual import Head, residual_factors
+from study.analysis.residual import residual_backward_factors as residual_backward_factors
 from study.config import Activation, Init, ModelConfig, Norm, ResidualConfig, Scaling, Skip
 from study.engine import nets
 from study.engine.probes import interior
