@@ -1,5 +1,6 @@
 """Mean-field recursions of a plain network at initialization (Poole et al. 2016;
-Schoenholz et al. 2017): the Gaussian machinery ``study.analysis.theory`` builds its predictions on.
+Schoenholz et al. 2017): the Gaussian machinery ``study.analysis.theory`` builds its
+predictions on. The correlation map, the edge of chaos and xi_c are in ``study.analysis.phase``.
 
 For weight variance sigma_w^2 / fan_in and bias variance sigma_b^2, the pre-activations of
 layer l are Gaussian with variance
@@ -33,7 +34,6 @@ from study.config import Activation
 from study.engine import nets
 
 QUADRATURE_POINTS = 120  # Gauss-Legendre nodes on each half-line
-PAIR_POINTS = 60  # per half-line and axis, for the two-dimensional expectations
 Z_MAX = 12.0  # the normal density at 12 is 5e-32
 # Below this the tanh-like maps have no nonzero fixed point: q_l decays to 0 like 1/l.
 Q_FLOOR = 1e-12
@@ -127,53 +127,3 @@ def fixed_point(
             )
         )  # fmt: skip
     return None
-
-
-def depth_scale(
-    activation: Activation | str, sigma_w2: float, sigma_b2: float = 0.0
-) -> float | None:
-    """Schoenholz et al.'s correlation depth scale xi_c = -1 / ln(chi_c), where defined.
-
-    Ordered phase (chi(q*) < 1): inputs' correlations go to c* = 1, chi_c = chi(q*).
-    Chaotic phase (chi(q*) > 1): c* < 1 and chi_c = sigma_w^2 E[phi'(u_1) phi'(u_2)] there.
-    At the edge (chi(q*) = 1, e.g. ReLU with He init) xi_c is infinite. None without q*.
-    """
-    q_star = fixed_point(activation, sigma_w2, sigma_b2)
-    if q_star is None:
-        return None
-    chi_1 = chi(activation, q_star, sigma_w2)
-    if abs(chi_1 - 1.0) < 1e-9:
-        return math.inf
-    if chi_1 < 1.0:
-        return -1.0 / math.log(chi_1)
-    c_star = _correlation_fixed_point(activation, q_star, sigma_w2, sigma_b2)
-    g = dphi(activation)
-    chi_c = sigma_w2 * _pair_expectation(g, g, q_star, c_star)
-    return -1.0 / math.log(chi_c) if 0.0 < chi_c < 1.0 else None
-
-
-def _pair_expectation(f: Callable, g: Callable, q: float, c: float) -> float:
-    """E[f(u_1) g(u_2)] for (u_1, u_2) Gaussian, variance q each, correlation c.
-
-    A product rule on a coarser grid: the kink of u_2 does not fall on a node line, so this
-    is accurate to ~1e-4, enough for a depth scale.
-    """
-    z, w = _nodes(PAIR_POINTS)
-    z1, z2 = np.meshgrid(z, z, indexing="ij")
-    u1 = math.sqrt(q) * z1
-    u2 = math.sqrt(q) * (c * z1 + math.sqrt(max(1.0 - c * c, 0.0)) * z2)
-    return float(np.sum(np.outer(w, w) * f(u1) * g(u2)))
-
-
-def _correlation_fixed_point(
-    activation: Activation | str, q_star: float, sigma_w2: float, sigma_b2: float
-) -> float:
-    f = phi(activation)
-    c = 0.5
-    for _ in range(500):
-        nxt = (sigma_w2 * _pair_expectation(f, f, q_star, c) + sigma_b2) / q_star
-        nxt = min(max(nxt, -1.0), 1.0)
-        if abs(nxt - c) < 1e-10:
-            return nxt
-        c = nxt
-    return c
