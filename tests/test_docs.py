@@ -14,7 +14,8 @@ from study.config import Config
 
 from .conftest import ROOT
 
-DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md"))]  # fmt: skip
 TEXT = {p.relative_to(ROOT).as_posix(): p.read_text() for p in DOCS}
 GROUPS = {"data", "model", "optim", "train", "probe", "tracking"}
 
@@ -61,7 +62,8 @@ def test_every_python_m_entry_named_exists(name):
 
 @pytest.mark.parametrize("name", sorted(TEXT))
 def test_every_config_key_named_exists(name):
-    named = set(re.findall(r"`((?:data|model|optim|train|probe|tracking)\.[a-z0-9_.]+)[`=]", TEXT[name]))
+    group = "(?:data|model|optim|train|probe|tracking)"
+    named = set(re.findall(rf"`({group}\.[a-z0-9_.]+)[`=]", TEXT[name]))
     named = {k.rstrip(".") for k in named if not k.endswith("_")}
     missing = {k for k in named if k not in KEYS and not k.rstrip("*").endswith("_")}
     assert missing == set()
@@ -78,7 +80,8 @@ def test_the_readme_config_table_names_the_main_knobs():
 
 @pytest.mark.parametrize("name", sorted(TEXT))
 def test_every_repository_path_named_exists(name):
-    paths = set(re.findall(r"`((?:study|tests|benchmarks|conf|deploy|hydra_plugins|docs)/[\w./-]+\.(?:py|yaml|ini|md|png))`", TEXT[name]))
+    top = "(?:study|tests|benchmarks|conf|deploy|hydra_plugins|docs)"
+    paths = set(re.findall(rf"`({top}/[\w./-]+\.(?:py|yaml|ini|md|png))`", TEXT[name]))
     paths |= {p for p in re.findall(r"\]\(([\w./-]+\.(?:md|png))\)", TEXT[name])}
     base = (ROOT / name).parent
     missing = [p for p in paths if not ((ROOT / p).exists() or (base / p).exists())]
