@@ -1,11 +1,10 @@
 """Every sweep preset of every profile composes, holds only valid values, names each cell
-apart, and has the size the README promises -- checked without running a cell, so that a
+apart, and has the size declared in CELLS -- checked without running a cell, so that a
 typo in a `full` preset shows here and not hours into a cluster job."""
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from study.profiles import SWEEPS, Profile
 
 from .conftest import CONF, ROOT
 
-# The grid sizes of README "Sweeps" (conf/sweep/<profile>/<sweep>.yaml).
+# The grid sizes of the presets (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
     "standard": {"init": 12_600, "train": 6_048, "optim": 1_440, "scale": 640, "theory": 336,
                  "regularize": 1_080, "curriculum": 1_920},
@@ -78,15 +77,6 @@ def test_preset_grid_is_valid_and_names_every_cell(profile, sweep):
             one = job.copy()
             OmegaConf.update(one, key, value, merge=False)
             validate(OmegaConf.to_object(one))
-
-
-def test_readme_states_the_grid_sizes():
-    readme = (ROOT / "README.md").read_text()
-    for sweep in SWEEPS:
-        [row] = [line for line in readme.splitlines() if line.startswith(f"| `{sweep}`: ")]
-        assert f"= **{CELLS['standard'][sweep]:,}**" in row, sweep
-        for profile in ("quick", "full"):
-            assert re.search(rf"= {CELLS[profile][sweep]:,} \|", row), (profile, sweep)
 
 
 def test_every_sweep_is_a_pipeline_stage_that_collect_reads():
