@@ -180,7 +180,11 @@ def test_claims_forest_has_one_facet_per_outcome_on_its_own_scale_with_margins()
     fig = fc.claims_forest(claims_table())
     axes = fig.axes
     assert [ax.get_title(loc="left") for ax in axes] == [
-        "decades", "fraction of seeds", "accuracy", "no unit"]  # in claim order
+        "decades",
+        "fraction of seeds",
+        "accuracy",
+        "no unit",
+    ]  # in claim order
     labels = {ax.get_title(loc="left"): [t.get_text() for t in ax.get_yticklabels()]
               for ax in axes}  # fmt: skip
     assert labels["decades"] == ["C1: plain"]  # secondaries get no row of their own
