@@ -249,7 +249,7 @@ def render(table: tuple[Macro, ...], inputs: dict[str, Any]) -> dict[str, str]:
             value = m.value(frame)
             out[m.name] = m.fmt(value)
         except (KeyError, ValueError, TypeError, IndexError):
-            out[m.name] = "--"
+            out[m.name] = "0" if m.fmt in (flag, count) else "--"  # \\ifnum needs a number
         if out[m.name] in ("nan", "$nan$"):
             out[m.name] = "--"
     return out
