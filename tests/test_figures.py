@@ -14,7 +14,7 @@ import pytest
 from study.analysis.verdicts import VERDICTS
 from study.config import Activation, Curriculum, Init, Norm, Skip
 from study.report import figures, style
-from study.report import figures_analysis as fa
+from study.report import figures_claims as fc
 
 ENUMS = {"activation": Activation, "init": Init, "norm": Norm, "skip": Skip,
          "curriculum": Curriculum, "verdict": VERDICTS}  # fmt: skip
@@ -114,15 +114,25 @@ def claims_table() -> pd.DataFrame:
     row = {"claim": "C1", "part": "C1", "stratum": "norm=none, skip=none", "role": "target",
            "unit": "decades", "carries_verdict": True, "n": 10, "effect": 2.0,
            "effect_low": 1.0, "effect_high": 3.0, "null": 0.0, "direction": 1,
-           "verdict": "supported", "note": ""}  # fmt: skip
+           "verdict": "supported", "note": "", "form": "superiority", "margin": 0.5,
+           "fragile": False}  # fmt: skip
     return pd.DataFrame([
         row,
         {**row, "stratum": "norm=batch, skip=none", "role": "secondary",
          "carries_verdict": False, "effect": -9.0, "verdict": ""},
         {**row, "claim": "C6", "part": "C6c", "unit": "fraction of seeds", "effect": 0.0,
          "effect_low": 0.0, "effect_high": 0.0, "verdict": "not tested",
+         "form": "non-inferiority", "margin": 0.1,
          "note": "not tested: every unit has the same value (e.g. nothing diverged)"},
-        {**row, "claim": "C15", "part": "C15", "stratum": "", "unit": "", "n": 0,
+        {**row, "claim": "C6", "part": "C6b", "unit": "accuracy", "effect": 0.3,
+         "effect_low": 0.2, "effect_high": 0.4, "margin": 0.05, "fragile": True},
+        {**row, "claim": "C9", "part": "C9c", "unit": "fraction of seeds", "effect": 0.02,
+         "effect_low": -0.01, "effect_high": 0.05, "null": 0.0, "direction": -1,
+         "form": "non-inferiority", "margin": 0.1, "verdict": "supported"},
+        {**row, "claim": "C15", "part": "C15", "stratum": "", "unit": "accuracy",
+         "effect": 0.001, "effect_low": -0.004, "effect_high": 0.006, "margin": 0.025,
+         "verdict": "no effect of the claimed size"},
+        {**row, "claim": "C18", "part": "C18", "stratum": "", "unit": "", "n": 0,
          "effect": np.nan, "effect_low": np.nan, "effect_high": np.nan,
          "verdict": "not tested", "note": "not tested: no sweep has dropout yet"},
     ])  # fmt: skip
@@ -165,15 +175,41 @@ def test_figures_are_byte_stable(tmp_path):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
 
 
-def test_claims_forest_writes_words_for_rows_not_tested():
+def test_claims_forest_has_one_facet_per_outcome_on_its_own_scale_with_margins():
     style.use()
-    fig = fa.claims_forest(claims_table())
-    forest, side = fig.axes
-    assert [t.get_text() for t in forest.texts] == ["not tested", "not tested"]
-    labels = [t.get_text() for t in forest.get_yticklabels()]
-    assert labels == ["C1: plain", "C6c: plain", "C15"]  # secondaries get no row of their own
-    assert "+2 [+1, +3] decades, n = 10" in [t.get_text() for t in side.texts]
-    assert any(t.get_text().startswith("no sweep has dropout") for t in side.texts)
+    fig = fc.claims_forest(claims_table())
+    axes = fig.axes
+    assert [ax.get_title(loc="left") for ax in axes] == [
+        "decades",
+        "fraction of seeds",
+        "accuracy",
+        "no unit",
+    ]  # in claim order
+    labels = {ax.get_title(loc="left"): [t.get_text() for t in ax.get_yticklabels()]
+              for ax in axes}  # fmt: skip
+    assert labels["decades"] == ["C1: plain"]  # secondaries get no row of their own
+    assert labels["fraction of seeds"] == ["C6c: plain", "C9c: plain"]
+    assert labels["accuracy"] == ["C6b: plain †", "C15"]  # the fragile row marked
+
+    def gids(ax, gid):
+        return [a for a in [*ax.lines, *ax.patches] if a.get_gid() == gid]
+
+    by = {ax.get_title(loc="left"): ax for ax in axes}
+    # Every row carries its margin: a band for superiority, a bound for non-inferiority.
+    assert len(gids(by["decades"], fc.MARGIN_BAND)) == 1
+    assert len(gids(by["accuracy"], fc.MARGIN_BAND)) == 2
+    bounds = gids(by["fraction of seeds"], fc.NI_BOUND)
+    assert len(bounds) == 2 and all(list(b.get_xdata()) == [-0.1, -0.1] for b in bounds)
+    band = gids(by["accuracy"], fc.MARGIN_BAND)[1]
+    assert band.get_x() == pytest.approx(-0.025) and band.get_width() == pytest.approx(0.05)
+    # One interval and estimate per tested row, drawn in the claim's direction (C9c: d = -e).
+    assert len(gids(by["fraction of seeds"], "interval")) == 1
+    c9c = gids(by["fraction of seeds"], "interval")[0]
+    assert list(c9c.get_xdata()) == pytest.approx([-0.05, 0.01])
+    assert [t.get_text() for t in by["fraction of seeds"].texts] == ["not tested"]
+    assert [t.get_text() for t in by["no unit"].texts] == ["not tested"]
+    # each facet's scale covers its own rows and margins, not the others'
+    assert by["accuracy"].get_xlim()[1] < 1 < by["decades"].get_xlim()[1]
 
 
 def test_missing_input_is_one_line_naming_the_file(tmp_path, capsys):

@@ -18,6 +18,9 @@ reads ``results/tables/{runs,layers,curves}.parquet`` and writes ``results/analy
   it still gained over the last quarter of the budget (has training levelled off?);
 - ``chosen_runs.parquet``: every run of the sweeps that try several learning rates, and
   whether it is at its configuration's chosen rate (what the figures draw);
+- ``convergence.parquet``: per configuration of the tuned sweeps, its chosen rate, whether
+  it is interior to the grid, whether it was still improving at the end, whether it lies
+  in a claim's target (``study.analysis.tuning``);
 - ``claims.parquet`` and ``claims.json`` (DVC metrics): the hypotheses of ``study.analysis.claims``
   tested by ``study.analysis.verdicts`` -- every target, within-target and secondary row.
 
@@ -36,6 +39,7 @@ import pandas as pd
 
 from study import records
 from study.analysis import claims, hypotheses, outcomes, stats, theory, verdicts
+from study.analysis import tuning as convergence
 from study.config import interruptible
 from study.records import Status, summary_column, write_table
 
@@ -340,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         "trainable_depth": trainable_depth(runs, num_features),
         "tuning": tuning(runs, curves),
         "chosen_runs": chosen_runs(runs),
+        "convergence": convergence.mark_targets(convergence.configurations(values, manifest),
+                                                claims.HYPOTHESES),
         "claims": table,
     }
     for name, frame in outputs.items():

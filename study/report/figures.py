@@ -30,6 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from study.config import interruptible  # noqa: E402
 from study.records import write_json  # noqa: E402
 from study.report import figures_analysis as fa  # noqa: E402
+from study.report import figures_claims as fc  # noqa: E402
 from study.report import figures_generalization as fg  # noqa: E402
 from study.report import figures_tables as ft  # noqa: E402
 from study.report import style  # noqa: E402
@@ -69,7 +70,7 @@ FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "claims": ("analysis", "claims.parquet", ("claim", "part", "stratum", "role", "unit",
                                               "carries_verdict", "n", "effect", "effect_low",
                                               "effect_high", "null", "direction", "verdict",
-                                              "note")),
+                                              "note", "form", "margin", "fragile")),
     "trainable": ("analysis", "trainable_depth.parquet", ("activation", "init", "norm", "skip",
                                                           "depths", "fails_at", "six_xi_c")),
     "chosen": ("analysis", "chosen_runs.parquet", ("sweep", "run_name", "chosen")),
@@ -116,8 +117,9 @@ FIGURES: tuple[Spec, ...] = (
     Spec("dead_saturated", "Dead and saturated units per layer in deep plain nets, before and "
          "after training.", lambda d: ft.dead_saturated(d.layers),
          lambda d: _runs(ft.dead_rows(d.layers)), "runs", ("train",)),
-    Spec("claims_forest", "Every claim's target rows: effect, interval and verdict.",
-         lambda d: fa.claims_forest(d.claims), lambda d: len(fa.forest_rows(d.claims)),
+    Spec("claims_forest", "Every claim's target rows on their outcome's scale: effect, "
+         "interval, margin and verdict.",
+         lambda d: fc.claims_forest(d.claims), lambda d: len(fc.forest_rows(d.claims)),
          "target rows", ("init", "train", "optim", "scale", "regularize", "curriculum")),
     Spec("generalization_gap", "Generalization gap and test accuracy against the dropout rate, "
          "per norm and skip, each configuration at its best learning rate.",

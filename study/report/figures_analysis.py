@@ -1,10 +1,9 @@
 """The figures drawn from the analysis stage's outputs (``results/analysis/``): theory
-against measurement, the decay-rate heatmaps, trainable depth and the claims' forest plot.
+against measurement, the decay-rate heatmaps and trainable depth (the claims' forest is
+``study.report.figures_claims``).
 ``study.report.figures`` runs them with the figures drawn from the tables."""
 
 from __future__ import annotations
-
-import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,12 +18,10 @@ from study.engine import nets
 from study.report.figures_tables import deepest
 from study.report.style import (
     ACTIVATION_COLORS,
-    ACTIVATION_LABELS,
     COLUMN,
     FULL,
     INIT_LABELS,
     LEVELS,
-    VERDICT_COLORS,
     facet_labels,
     label,
     no_data,
@@ -35,7 +32,6 @@ DISAGREE = {  # what the cells that miss mean field are (README "Theory against 
     "residual, non-saturating": ("#C0392B", "X"),
     "other": ("#7B3294", "^"),
 }
-FOREST_LIMIT = 1.6  # x-axis half width of the forest, in units of each row's scale
 
 
 # ------------------------------------------------------------------- theory vs measured
@@ -209,111 +205,4 @@ def trainable_depth(trainable: pd.DataFrame) -> Figure:
                       label=r"6$\xi_c$ (mean field)"),
                Patch(color="#EEEEEE", label="depths trained")]  # fmt: skip
     fig.legend(handles=handles, loc="outside upper center", ncol=3)
-    return fig
-
-
-# ------------------------------------------------------------------------ claims forest
-
-
-def _claim_number(claim: str) -> int:
-    digits = re.sub(r"\D", "", str(claim))
-    return int(digits) if digits else 0
-
-
-def shorten(stratum: str) -> str:
-    """A stratum as a row label: "norm=none, skip=none, family=relu" -> "plain, ReLU family"."""
-    text = str(stratum).replace("norm=none, skip=none", "plain")
-    text = re.sub(r"family=(\w+)", r"\1 family", text)
-    for key in ("activation in ", "activation=", "init="):
-        text = text.replace(key, "")
-    text = re.sub(r"init_quality=(\w+)", r"\1 initialized", text).replace(">=", " ≥ ")
-    names = {**ACTIVATION_LABELS, **INIT_LABELS}
-    return re.sub(r"\b[a-z_]+\b", lambda m: names.get(m.group(0), m.group(0)), text) or "all"
-
-
-def forest_rows(claims: pd.DataFrame) -> pd.DataFrame:
-    rows = claims[claims["carries_verdict"].fillna(False).astype(bool)]
-    return rows.assign(_n=rows["claim"].map(_claim_number)).sort_values("_n", kind="stable")
-
-
-def _terms(stratum: str) -> set[str]:
-    return set(re.split(r"[;,]\s*", str(stratum)))
-
-
-def _secondaries(claims: pd.DataFrame, targets: pd.DataFrame) -> dict[object, list[float]]:
-    """Each secondary row goes beneath the target row of its part whose stratum it shares
-    most ``key=value`` terms with (the first on a tie)."""
-    out: dict[object, list[float]] = {}
-    for row in claims[claims["role"] == "secondary"].itertuples():
-        mine = targets[(targets["part"] == row.part) & (targets["unit"] == row.unit)]
-        if mine.empty or not np.isfinite(row.effect):
-            continue
-        theirs = _terms(row.stratum)
-        overlap = mine["stratum"].map(lambda s, theirs=theirs: len(_terms(s) & theirs))
-        out.setdefault(overlap.idxmax(), []).append(float(row.effect))
-    return out
-
-
-def _tested(row) -> bool:
-    bounds = np.array([row.effect, row.effect_low, row.effect_high], dtype=float)
-    return row.verdict != "not tested" and np.isfinite(bounds).all() and np.ptp(bounds) > 0
-
-
-def claims_forest(claims: pd.DataFrame) -> Figure:
-    """Every target row of every claim. Rows are in different units, so each is divided by
-    its own scale, max(|low|, |high|, |null|), and signed by its direction: the claim holds
-    to the right of the row's null (|). The true numbers are printed beside each row. Grey
-    dots beneath a row: its secondary strata on the same scale (at the edge if beyond)."""
-    targets = forest_rows(claims)
-    fig = plt.figure(figsize=(FULL, 1.0 + 0.155 * max(len(targets), 3)))
-    if targets.empty:
-        no_data(fig.add_subplot())
-        return fig
-    ax, side = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.0, 0.8]})
-    below = _secondaries(claims, targets)
-    ax.axvline(0, color="#DDDDDD", lw=0.6, zorder=0)
-    for k, (index, row) in enumerate(targets.iterrows()):
-        color = VERDICT_COLORS.get(row.verdict, VERDICT_COLORS["not tested"])
-        if not _tested(row):
-            ax.text(0, k, "not tested", ha="center", va="center", fontsize=6.5, color="#666666",
-                    style="italic")  # fmt: skip
-            note = str(row.note).removeprefix("not tested: ")
-            side.text(0, k, note if len(note) <= 58 else note[:57] + "…", va="center",
-                      fontsize=6, color="#666666")  # fmt: skip
-            continue
-        sign = -1.0 if row.direction < 0 else 1.0
-        scale = max(abs(row.effect_low), abs(row.effect_high), abs(row.null))
-        lo, hi = sorted(sign * np.array([row.effect_low, row.effect_high]) / scale)
-        ax.plot([lo, hi], [k, k], color=color, lw=1.4, solid_capstyle="butt")
-        ax.plot(sign * row.effect / scale, k, "o", color=color, ms=3.5)
-        ax.plot(sign * row.null / scale, k, "|", color="black", ms=6, mew=0.8)
-        others = sign * np.array(below.get(index, [])) / scale
-        inside = np.abs(others) < FOREST_LIMIT
-        edge = np.clip(others[~inside], -0.97 * FOREST_LIMIT, 0.97 * FOREST_LIMIT)
-        ax.scatter(others[inside], np.full(inside.sum(), k + 0.38), s=3, color="#AAAAAA", lw=0)
-        ax.scatter(edge, np.full(len(edge), k + 0.38), s=6, color="#AAAAAA", lw=0,
-                   marker=">" if len(edge) and edge[0] > 0 else "<")  # fmt: skip
-        side.text(0, k, f"{row.effect:+.3g} [{row.effect_low:+.3g}, {row.effect_high:+.3g}] "
-                  f"{row.unit}, n = {row.n}", va="center", fontsize=6)  # fmt: skip
-    claim_ids = targets["claim"].to_numpy()
-    for k in np.flatnonzero(claim_ids[1:] != claim_ids[:-1]):
-        for a in (ax, side):
-            a.axhline(k + 0.69, color="#CCCCCC", lw=0.4)
-    names = [f"{p}: {shorten(s)}" if s else str(p)
-             for p, s in zip(targets["part"], targets["stratum"], strict=True)]  # fmt: skip
-    ax.set_yticks(range(len(targets)), names)
-    ax.tick_params(axis="y", labelsize=6.5, length=0)
-    ax.set_ylim(len(targets) - 0.3, -0.7)
-    ax.set_xlim(-FOREST_LIMIT, FOREST_LIMIT)
-    ax.set_xlabel("effect ÷ row scale (claim's side: right of the null |)")
-    side.set_xlim(0, 1)
-    side.axis("off")
-    handles = [
-        Line2D([], [], ls="", marker="o", color=VERDICT_COLORS[v], label=v)
-        for v in present(targets, "verdict")
-        if v != "not tested"  # drawn as words, not as a marker
-    ]
-    handles += [Line2D([], [], ls="", marker="o", ms=2, color="#AAAAAA", label="secondary"),
-                Line2D([], [], ls="", marker="|", color="black", label="null")]  # fmt: skip
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
     return fig

@@ -1,28 +1,38 @@
 """Every number and verdict the paper's text uses, as LaTeX macros (``numbers.tex``).
 
-The text never types a result: a count is ``\\NRuns``, a verdict ``\\VerdictCSix``, and a
-sentence whose truth depends on the data -- a claim's result, the direction of an effect --
-is generated here (``\\SummaryCSix``), so the paper reads true whatever the data say.
+A declarative table: each :class:`Macro` names the input it reads (a results table), the
+value it takes from it and the format it is printed in. The text never types a result, and
+no prose is written here: where the data choose between sentences, the table gives the
+choice as a number or a flag (``\\ExcessPersists`` is 1 or 0) and ``paper/main.tex``
+holds the alternative sentences (``\\ifnum``). The families of macros with one name per
+level of the data (per sweep, per dataset, per claim) are made by functions that return
+the same rows (``claim_macros``, ``study.report.numbers_families``).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from study import data
-from study.analysis import analyze, claims, outcomes, theory, verdicts
-from study.config import Curriculum
+from study.analysis import analyze, claims, outcomes, theory, tuning, verdicts
+from study.config import Activation, Curriculum
 from study.engine import curriculum
 from study.records import Status
-from study.report.latex import define, escape, interval, macro_name, number
+from study.report import numbers_families
+from study.report.latex import define, escape, macro_name, number
+from study.report.style import label
 
-MAIN_PROBE_BATCH = 128  # the init sweep's probe batch (conf/sweep/standard/init.yaml)
 EXCESS_WIDTHS = (128, 512, 1024)  # the residual ReLU simulation (theory.residual_backward_factors)
 NEAR, FAR = slice(0, 8), slice(32, 64)  # blocks from the output
+ENOUGH_GAP = 0.10  # the generalization claims need a gap without dropout of 10 points or more
+
+
+# ----------------------------------------------------------------------------- formats
 
 
 def pvalue_text(p: float) -> str:
@@ -37,256 +47,222 @@ def pvalue_text(p: float) -> str:
     return f"${mantissa}\\times 10^{{{int(exponent)}}}$"
 
 
-def run_counts(runs: pd.DataFrame) -> dict[str, str]:
-    out = {"NRuns": number(len(runs))}
-    for status in Status:
-        out[macro_name("N runs", status)] = number(int((runs["status"] == status).sum()))
-    for sweep, part in runs.groupby("sweep", observed=False):
-        out[macro_name("N runs", sweep)] = number(len(part))
-        out[macro_name("N cells", sweep)] = number(part["cell_id"].nunique())
-        diverged = int((part["status"] == Status.diverged).sum())
-        out[macro_name("N diverged", sweep)] = number(diverged)
-    out["NCellsAll"] = number(runs[["sweep", "cell_id"]].drop_duplicates().shape[0])
-    return out
+def count(value: Any) -> str:
+    """An integer as plain digits (``\\ifnum`` reads it)."""
+    return str(int(value))
 
 
-def data_numbers(manifest: dict[str, Any]) -> dict[str, str]:
-    """Sizes of every split of every dataset, and its features."""
-    out = {}
-    for name, entry in manifest.items():
-        out[macro_name("N features", name)] = number(entry["num_features"])
-        for array, info in entry["arrays"].items():
-            if array.startswith("y_"):
-                out[macro_name("N", name, array.removeprefix("y_"))] = number(info["shape"][0])
-    return out
+def flag(value: Any) -> str:
+    """A choice for ``\\ifnum``: 1 or 0."""
+    return "1" if bool(value) else "0"
 
 
-def budget_numbers(runs: pd.DataFrame) -> dict[str, str]:
-    """The grids' extremes and the training budget the text names."""
-    trained = runs[runs["steps"] > 0]
-    train = runs[runs["sweep"] == "train"]
-    init = runs[runs["sweep"] == "init"]
-    return {
-        "DepthInitMax": number(int(init["depth"].max())) if len(init) else "--",
-        "DepthTrainMax": number(int(train["depth"].max())) if len(train) else "--",
-        "WidthMax": number(int(runs["width"].max())),
-        "TrainSteps": number(int(train["steps"].max())) if len(train) else "--",
-        "TrainLRs": _listed(sorted(train["lr"].unique())) if len(train) else "--",
-        "NTrainLRs": number(int(train["lr"].nunique())) if len(train) else "--",
-        "StepsMax": number(int(trained["steps"].max())) if len(trained) else "--",
-        "SeedsPerCell": number(int(init.groupby("cell_id")["seed"].nunique().max()))
-        if len(init) else "--",
-    }  # fmt: skip
+def percent(value: float) -> str:
+    """A share in percent, to a whole number (one decimal below 10%)."""
+    if not np.isfinite(value):
+        return "--"
+    return number(round(100 * value, 1 if abs(value) < 0.1 else 0))
 
 
-def generalization_numbers(runs: pd.DataFrame) -> dict[str, str]:
-    """The regularize and curriculum sweeps' budgets, the curricula's pacing and difficulty
-    score, and what the nets without dropout fit (at every rate: the sweep's range)."""
-    out = {"MatchedTrainLoss": number(outcomes.MATCHED_TRAIN_LOSS),
-           "DifficultyFolds": number(data.DIFFICULTY_FOLDS)}  # fmt: skip
-    pacing = curriculum.SCHEDULES[Curriculum.linear]
-    out["PacingStartPercent"] = number(100 * pacing.start)
-    out["PacingFullAtPercent"] = number(100 * pacing.full_at)
-    for sweep in ("regularize", "curriculum"):
-        part = runs[runs["sweep"] == sweep]
-        name = sweep.capitalize()
-        for key, column in (("Steps", "steps"), ("Width", "width"), ("BatchSize", "batch_size")):
-            out[f"{name}{key}"] = number(int(part[column].max())) if len(part) else "--"
-        for key, column in (("LRs", "lr"), ("Depths", "depth")):
-            out[f"{name}{key}"] = _listed(sorted(part[column].unique())) if len(part) else "--"
-    rates = runs.loc[runs["sweep"] == "regularize", "dropout"]
-    out["DropoutRates"] = _listed(sorted(rates.unique())) if len(rates) else "--"
-    plain = runs[(runs["sweep"] == "regularize") & (runs["dropout"] == 0)
-                 & (runs["status"] == Status.finished)]  # fmt: skip
-    for key, column in (
-        ("FitNoDropout", "train_split_accuracy"),
-        ("TestNoDropout", "test_accuracy"),
-    ):
-        out[key] = number(float(plain[column].median()), 3) if len(plain) else "--"
-    return out
+def three(value: float) -> str:
+    return number(value, 3)
 
 
-def _listed(values: list[float]) -> str:
+def listed(values: list) -> str:
     """1, 2 and 3."""
-    words = [number(float(v)) for v in values]
+    words = [v if isinstance(v, str) else number(float(v)) for v in values]
+    if not words:
+        return "--"
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def tuning_numbers(tuning: pd.DataFrame) -> dict[str, str]:
-    """How the chosen learning rates fall, and how many configurations at the shallowest
-    depth (every activation but sigmoid) had levelled off by the end of the budget."""
-    if tuning.empty:
-        return {k: "--" for k in ("NTunedConfigs", "NShallowConfigs", "NShallowLevelledOff",
-                                  "DepthShallow", "NChosenLowest", "NChosenLowestDeep",
-                                  "NChosenHighest", "LevelledOffGain", "ShallowGainMax",
-                                  "DepthDeep")}  # fmt: skip
-    lowest = tuning["lr"] == tuning["lr"].min()
-    shallow = tuning[(tuning["depth"] == tuning["depth"].min())
-                     & (tuning["activation"].astype(str) != "sigmoid")]  # fmt: skip
-    return {
-        "NTunedConfigs": number(len(tuning)),
-        "DepthShallow": number(int(tuning["depth"].min())),
-        "NShallowConfigs": number(len(shallow)),
-        "NShallowLevelledOff": number(int(shallow["levelled_off"].fillna(False).sum())),
-        "ShallowGainMax": number(float(shallow["last_quarter_gain"].max()), 2),
-        "LevelledOffGain": number(analyze.LEVELLED_OFF),
-        "NChosenLowest": number(int(lowest.sum())),
-        "NChosenLowestDeep": number(int((lowest & (tuning["depth"] >= claims.DEEP)).sum())),
-        "DepthDeep": number(claims.DEEP),
-        "NChosenHighest": number(int((tuning["lr"] == tuning["lr"].max()).sum())),
-    }
+@dataclass(frozen=True)
+class Macro:
+    name: str
+    source: str  # a key of the inputs: runs, rates, claims, tuning, convergence, chosen
+    value: Callable[[Any], Any]
+    fmt: Callable[[Any], str] = number
 
 
-def excess_numbers() -> dict[str, str]:
-    """The residual ReLU simulation, and the sentence its outcome decides."""
-    out, far = {}, {}
-    for width in EXCESS_WIDTHS:
-        factors = theory.residual_backward_factors(width)
-        word = macro_name(str(width))
-        far[width] = factors[FAR].mean()
-        out[f"ExcessNear{word}"] = number(factors[NEAR].mean(), 3)
-        out[f"ExcessFar{word}"] = number(far[width], 3)
-    independent = theory.residual_backward_factors(EXCESS_WIDTHS[-1], reuse_forward_weights=False)
-    out["ExcessIndependent"] = number(independent.mean(), 3)
-    narrow, wide = far[EXCESS_WIDTHS[0]], far[EXCESS_WIDTHS[-1]]
-    if wide - 2 > 0.5 * (narrow - 2):
-        out["ExcessVerdict"] = (
-            "The excess far from the output does not shrink with width: it is not a "
-            "finite-width effect that vanishes for wide networks at a fixed depth, and "
-            "mean-field theory describes these networks only over the first blocks from the "
-            "output, a stretch that grows slowly with the width."
-        )
-    else:
-        out["ExcessVerdict"] = "The excess shrinks with width: a finite-width effect."
-    return out
+# --------------------------------------------------------------------- value functions
 
 
-def theory_numbers(rates: pd.DataFrame) -> dict[str, str]:
-    """Agreement with theory, and the closed forms and corrections the text discusses."""
-    judged = rates[rates["agrees"].notna()]
-    out = {
-        "NCellsPredicted": number(len(judged)),
-        "NCellsAgree": number(int(judged["agrees"].sum())),
-        "AgreementPercent": number(round(100 * analyze.AGREEMENT)),
-        "BNChiLarge": number(theory.batchnorm_chi("relu"), 4),
-    }
-
-    def cell(**axes) -> pd.DataFrame:
-        keep = np.ones(len(rates), dtype=bool)
-        for axis, value in axes.items():
-            keep &= (rates[axis].astype(str) == str(value)).to_numpy()
-        return rates[keep]
-
-    deepest = rates.loc[rates["sweep"] == "init", "depth"].max()
-    plain = dict(norm="none", skip="none", depth=deepest, sweep="init")
-    for name, activation, init in (("ReluHe", "relu", "kaiming_normal"),
-                                   ("ReluXavier", "relu", "xavier_normal"),
-                                   ("SigmoidXavier", "sigmoid", "xavier_normal")):  # fmt: skip
-        row = cell(activation=activation, init=init, **plain)
-        out[f"Rate{name}"] = number(row["signal_rate"].mean(), 3, True) if len(row) else "--"
-        out[f"Theory{name}"] = number(row["theory_rate"].mean(), 3, True) if len(row) else "--"
-    for batch in (8, 16, 32, MAIN_PROBE_BATCH):
-        word = macro_name(str(batch))
-        out[f"BNChiPred{word}"] = number(theory.finite_batch_chi("relu", batch), 4)
-        row = cell(sweep="theory", norm="batch", activation="relu", probe_batch_size=batch)
-        measured = 10 ** (2 * row["signal_rate"].mean()) if len(row) else math.nan
-        out[f"BNChiMeas{word}"] = number(measured, 3)
-    out["BNChiFirstOrderEight"] = number(theory.batchnorm_chi("relu") * 6 / 7, 3)
-    theory_sweep = cell(sweep="theory", norm="batch")
-    out["BNTheoryRatioMin"] = number(theory_sweep["ratio_vs_theory"].min(), 3)
-    out["BNTheoryRatioMax"] = number(theory_sweep["ratio_vs_theory"].max(), 3)
-    for name, activation in (("Tanh", "tanh"), ("Sigmoid", "sigmoid")):
-        row = cell(skip="residual", norm="none", activation=activation)
-        out[f"Residual{name}RatioMin"] = number(row["ratio_vs_theory"].min(), 3)
-        out[f"Residual{name}RatioMax"] = number(row["ratio_vs_theory"].max(), 3)
-    relu = cell(sweep="theory", skip="residual", activation="relu", init="kaiming_normal")
-    for scale in (0.25, 0.5, 1.0):
-        rows = relu[(relu["residual_scale"] == scale) & (relu["depth"] == relu["depth"].max())]
-        word = macro_name(f"{scale:g}".replace(".", " point "))
-        out[f"ResReluMeas{word}"] = number(rows["signal_rate"].mean(), 3)
-        out[f"ResReluPred{word}"] = number(rows["theory_rate"].mean(), 3)
-    disagree = judged[~judged["agrees"].astype(bool)]
-    residual = disagree["skip"].astype(str) == "residual"
-    out["NDisagreeResidual"] = number(int(residual.sum()))
-    out["NDisagreeOther"] = number(int((~residual).sum()))
-    worst = disagree.loc[residual, "ratio_vs_theory"].max()
-    out["ResidualExcessPercent"] = number(round(100 * (worst - 1))) if residual.any() else "0"
-    others = [
-        f"{r.activation} + {r.init}, {r.norm} norm, depth {r.depth}, width {r.width} "
-        f"({r.sweep} sweep, ratio {r.ratio_vs_theory:.2f})"
-        for r in disagree[~residual].itertuples()
-    ]
-    out["DisagreeOtherList"] = escape("; ".join(others) or "none")
-    return out
+def _sweep(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+    return runs[runs["sweep"] == name]
 
 
-def claim_numbers(table: pd.DataFrame) -> dict[str, str]:
-    """Per claim its verdict and a generated summary; per target row its numbers."""
-    by_claim = verdicts.claim_verdicts(table)
-    out: dict[str, str] = {}
-    counts = {v: 0 for v in verdicts.VERDICTS}
-    for claim, entry in by_claim.items():
+def _chosen_plain(runs: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The regularize sweep's finished runs without dropout at their chosen rate."""
+    picked = set(chosen.loc[chosen["chosen"].astype(bool), "run_name"])
+    part = _sweep(runs, "regularize")
+    return part[(part["dropout"] == 0) & (part["status"] == Status.finished)
+                & part["run_name"].isin(picked)]  # fmt: skip
+
+
+def _gap(inputs: dict) -> float:
+    plain = _chosen_plain(inputs["runs"], inputs["chosen"])
+    return float((plain["train_split_accuracy"] - plain["test_accuracy"]).median())
+
+
+def _activations(runs: pd.DataFrame, sweep: str) -> str:
+    present = set(_sweep(runs, sweep)["activation"].astype(str))
+    ordered = [a for a in Activation if str(a) in present] if present else []
+    return listed([escape(label("activation", a)) for a in ordered])
+
+
+def _datasets(runs: pd.DataFrame, sweep: str) -> str:
+    return listed([escape(d) for d in sorted(set(_sweep(runs, sweep)["dataset"].astype(str)))])
+
+
+def _shallow(t: pd.DataFrame) -> pd.DataFrame:
+    return t[(t["depth"] == t["depth"].min()) & (t["activation"].astype(str) != "sigmoid")]
+
+
+def _lowest(t: pd.DataFrame) -> pd.Series:
+    return t["lr"] == t["lr"].min()
+
+
+def _excess_far(width: int) -> float:
+    return float(theory.residual_backward_factors(width)[FAR].mean())
+
+
+def _claims_with(table: pd.DataFrame, verdict: str) -> int:
+    return sum(e["verdict"] == verdict for e in verdicts.claim_verdicts(table).values())
+
+
+def _target(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["carries_verdict"].astype(bool)]
+
+
+# ------------------------------------------------------------------------------- table
+
+TABLE: tuple[Macro, ...] = (
+    # the train sweep's grid and budget
+    Macro("DepthInitMax", "runs", lambda r: int(_sweep(r, "init")["depth"].max())),
+    Macro("DepthTrainMax", "runs", lambda r: int(_sweep(r, "train")["depth"].max())),
+    Macro("WidthMax", "runs", lambda r: int(r["width"].max())),
+    Macro("TrainSteps", "runs", lambda r: int(_sweep(r, "train")["steps"].max())),
+    Macro("TrainLRs", "runs", lambda r: sorted(_sweep(r, "train")["lr"].unique()), listed),
+    Macro("NTrainLRs", "runs", lambda r: _sweep(r, "train")["lr"].nunique()),
+    Macro("StepsMax", "runs", lambda r: int(r.loc[r["steps"] > 0, "steps"].max())),
+    Macro("SeedsPerCell", "runs",
+          lambda r: _sweep(r, "init").groupby("cell_id")["seed"].nunique().max()),
+    # the generalization and curriculum sweeps: what they train, on what, how long
+    *(Macro(f"{s.capitalize()}{key}", "runs", lambda r, s=s, c=c: int(_sweep(r, s)[c].max()))
+      for s in ("regularize", "curriculum")
+      for key, c in (("Steps", "steps"), ("Width", "width"), ("BatchSize", "batch_size"))),
+    *(Macro(f"{s.capitalize()}{key}", "runs",
+            lambda r, s=s, c=c: sorted(_sweep(r, s)[c].unique()), listed)
+      for s in ("regularize", "curriculum") for key, c in (("LRs", "lr"), ("Depths", "depth"))),
+    *(Macro(f"{s.capitalize()}Activations", "runs", lambda r, s=s: _activations(r, s), str)
+      for s in ("regularize", "curriculum")),
+    *(Macro(f"{s.capitalize()}Datasets", "runs", lambda r, s=s: _datasets(r, s), str)
+      for s in ("regularize", "curriculum")),
+    Macro("DropoutRates", "runs",
+          lambda r: sorted(_sweep(r, "regularize")["dropout"].unique()), listed),
+    Macro("MatchedTrainLoss", "runs", lambda r: outcomes.MATCHED_TRAIN_LOSS),
+    Macro("DifficultyFolds", "runs", lambda r: data.DIFFICULTY_FOLDS),
+    Macro("PacingStartPercent", "runs",
+          lambda r: 100 * curriculum.SCHEDULES[Curriculum.linear].start),
+    Macro("PacingFullAtPercent", "runs",
+          lambda r: 100 * curriculum.SCHEDULES[Curriculum.linear].full_at),
+    # the nets without dropout of the generalization sweep, at their chosen rate
+    Macro("FitNoDropoutPercent", "inputs", lambda d: _chosen_plain(d["runs"], d["chosen"])[
+        "train_split_accuracy"].median(), percent),
+    Macro("TestNoDropoutPercent", "inputs", lambda d: _chosen_plain(d["runs"], d["chosen"])[
+        "test_accuracy"].median(), percent),
+    Macro("GapNoDropoutPoints", "inputs", lambda d: 100 * _gap(d), lambda v: number(round(v))),
+    Macro("GapNoDropoutEnough", "inputs", lambda d: _gap(d) >= ENOUGH_GAP, flag),
+    Macro("EnoughGapPoints", "runs", lambda r: 100 * ENOUGH_GAP),
+    # the train sweep's tuning (analyze.tuning)
+    Macro("NTunedConfigs", "tuning", len),
+    Macro("DepthShallow", "tuning", lambda t: int(t["depth"].min())),
+    Macro("NShallowConfigs", "tuning", lambda t: len(_shallow(t))),
+    Macro("NShallowLevelledOff", "tuning",
+          lambda t: int(_shallow(t)["levelled_off"].fillna(False).sum())),
+    Macro("ShallowGainMax", "tuning", lambda t: _shallow(t)["last_quarter_gain"].max(),
+          lambda v: number(v, 2)),
+    Macro("LevelledOffGain", "tuning", lambda t: analyze.LEVELLED_OFF),
+    Macro("NChosenLowest", "tuning", lambda t: int(_lowest(t).sum())),
+    Macro("NChosenLowestDeep", "tuning",
+          lambda t: int((_lowest(t) & (t["depth"] >= claims.DEEP)).sum())),
+    Macro("DepthDeep", "tuning", lambda t: claims.DEEP),
+    Macro("NChosenHighest", "tuning", lambda t: int((t["lr"] == t["lr"].max()).sum())),
+    # convergence in the claims' target strata (study.analysis.tuning)
+    Macro("NTargetConfigs", "convergence", lambda c: tuning.summary(c)["configs"]),
+    Macro("StillImprovingPercent", "convergence",
+          lambda c: tuning.summary(c)["still_improving"], percent),
+    Macro("StillImprovingFew", "convergence",
+          lambda c: tuning.summary(c)["still_improving"] <= 0.10, flag),
+    Macro("NLearnedTargetConfigs", "convergence", lambda c: tuning.summary(c)["learned"]),
+    Macro("InteriorPercent", "convergence", lambda c: tuning.summary(c)["interior"], percent),
+    Macro("InteriorMost", "convergence", lambda c: tuning.summary(c)["interior"] >= 0.95, flag),
+    Macro("LearnedAboveChance", "convergence", lambda c: tuning.LEARNED_ABOVE_CHANCE),
+    # the verdicts
+    Macro("NClaims", "claims", lambda t: len(verdicts.claim_verdicts(t)), count),
+    *(Macro(macro_name("N claims", v), "claims", lambda t, v=v: _claims_with(t, v), count)
+      for v in verdicts.VERDICTS),
+    Macro("NTargetRows", "claims", lambda t: len(_target(t)), count),
+    Macro("NTestedRows", "claims", lambda t: int(_target(t)["p_decisive"].notna().sum()), count),
+    Macro("NFragileRows", "claims", lambda t: int(_target(t)["fragile"].astype(bool).sum()),
+          count),
+    Macro("NInconclusiveRows", "claims",
+          lambda t: int((_target(t)["verdict"] == "inconclusive").sum()), count),
+    Macro("NSelectedClaims", "claims",
+          lambda t: _target(t).groupby("claim")["q_claim"].first().lt(verdicts.ALPHA).sum(),
+          count),
+    Macro("Alpha", "claims", lambda t: verdicts.ALPHA),
+    # the residual ReLU simulation
+    *(Macro(f"ExcessNear{macro_name(str(w))}", "runs",
+            lambda r, w=w: theory.residual_backward_factors(w)[NEAR].mean(), three)
+      for w in EXCESS_WIDTHS),
+    *(Macro(f"ExcessFar{macro_name(str(w))}", "runs", lambda r, w=w: _excess_far(w), three)
+      for w in EXCESS_WIDTHS),
+    Macro("ExcessIndependent", "runs", lambda r: theory.residual_backward_factors(
+        EXCESS_WIDTHS[-1], reuse_forward_weights=False).mean(), three),
+    # 1: the excess far from the output does not halve from the narrowest to the widest
+    Macro("ExcessPersists", "runs", lambda r: _excess_far(EXCESS_WIDTHS[-1]) - 2
+          > 0.5 * (_excess_far(EXCESS_WIDTHS[0]) - 2), flag),
+)  # fmt: skip
+
+
+def claim_macros(table: pd.DataFrame) -> dict[str, str]:
+    """Per claim: its verdict, its parts' verdicts (listed), how many are undecided."""
+    out = {}
+    for claim, entry in verdicts.claim_verdicts(table).items():
         out[macro_name("verdict", claim)] = entry["verdict"]
-        counts[entry["verdict"]] += 1
-    for verdict, count in counts.items():
-        out[macro_name("N claims", verdict)] = number(count)
-    out["NClaims"] = number(len(by_claim))
-    target = table[table["carries_verdict"]]
-    out["NTargetRows"] = number(len(target))
-    out["NTestedRows"] = number(int(target["p_holm"].notna().sum()))  # Holm's family
-    statements = {h.part: h for h in claims.HYPOTHESES}
-    for claim, rows in target.groupby("claim", sort=False):
-        sentences = []
-        for part, part_rows in rows.groupby("part", sort=False):
-            h = statements[part]
-            said = [f"{escape(part)}: {escape(h.statement)}."]
-            for r in part_rows.itertuples():
-                name = macro_name(r.part, _stratum_word(h, r.stratum))
-                out[f"Effect{name}"] = interval(r.effect, r.effect_low, r.effect_high)
-                out[f"PHolm{name}"] = pvalue_text(r.p_holm)
-                out[f"Row{name}"] = r.verdict
-                said.append(_result(r))
-            sentences.append(" ".join(said))
-        out[macro_name("summary", claim)] = " ".join(sentences)
+        parts = [f"{escape(k)} {v['verdict']}{' (fragile)' if v['fragile'] else ''}"
+                 for k, v in entry.items() if isinstance(v, dict)]  # fmt: skip
+        out[macro_name("parts", claim)] = "; ".join(parts)
+        out[macro_name("N undecided", claim)] = count(entry["undecided"])
     return out
 
 
-def short_stratum(stratum: str) -> str:
-    """A stratum as the paper writes it."""
-    return (stratum.replace("norm=none, skip=none", "plain nets")
-            .replace("norm=batch, skip=residual", "residual nets with batch norm")
-            .replace("dropout=0.0", "without dropout")
-            .replace("activation in {relu, leaky_relu, prelu}", "rectifiers")
-            .replace("init_quality=badly", "badly initialized")
-            .replace("init_quality=well", "well initialized").replace("family=", "family ")
-            .replace("depth>=", "depth ≥ "))  # fmt: skip
+def render(table: tuple[Macro, ...], inputs: dict[str, Any]) -> dict[str, str]:
+    """Each macro's value, formatted; "--" where its input is empty or lacks the value."""
+    out = {}
+    for m in table:
+        if m.source != "inputs" and m.source not in inputs:
+            continue  # an input not given: its macros are not rendered (tests render parts)
+        frame = inputs if m.source == "inputs" else inputs[m.source]
+        try:
+            value = m.value(frame)
+            out[m.name] = m.fmt(value)
+        except (KeyError, ValueError, TypeError, IndexError):
+            out[m.name] = "0" if m.fmt in (flag, count) else "--"  # \\ifnum needs a number
+        if out[m.name] in ("nan", "$nan$"):
+            out[m.name] = "--"
+    return out
 
 
-def _stratum_word(h: Any, stratum: str) -> str:
-    """The levels of the hypothesis' strata in a row's stratum text (e.g. "badly")."""
-    words = []
-    for axis in getattr(h, "strata", ()):
-        for item in stratum.split(", "):
-            if item.startswith(f"{axis}="):
-                words.append(item.split("=", 1)[1])
-    return " ".join(words)
-
-
-def _result(r: Any) -> str:
-    """One target row's result: where, its verdict and its numbers."""
-    where = escape(short_stratum(r.stratum))
-    if r.note.startswith("not tested"):
-        return f"In {where}: \\emph{{not tested}} ({escape(r.note.removeprefix('not tested: '))})."
-    units = "runs" if r.unit_of_test == "run" else "cells"
-    text = (f"In {where}: \\emph{{{r.verdict}}}, "
-            f"{interval(r.effect, r.effect_low, r.effect_high)} {escape(r.unit)} over {r.n} "
-            f"{units}")  # fmt: skip
-    if r.null:
-        text += f" against {number(r.null)}"
-    text += f", Holm-adjusted $p$ = {pvalue_text(r.p_holm)}"
-    if r.verdict == "mixed":
-        text += ", its levels pointing both ways by more than the declared minimum effect"
-    return text + "."
+def all_macros(inputs: dict[str, Any]) -> dict[str, str]:
+    """The table rendered, with the families (``inputs``: runs, rates, claims, tuning,
+    convergence, chosen, manifest)."""
+    return {**render(TABLE, inputs),
+            **numbers_families.run_counts(inputs["runs"]),
+            **numbers_families.data_numbers(inputs["manifest"]),
+            **numbers_families.theory_numbers(inputs["rates"]),
+            **claim_macros(inputs["claims"])}  # fmt: skip
 
 
 def macros(values: dict[str, str]) -> str:

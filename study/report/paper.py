@@ -118,16 +118,16 @@ def main(argv: list[str] | None = None) -> None:
         effects = pd.read_parquet(args.analysis / "factor_effects.parquet")
         depth = pd.read_parquet(args.analysis / "trainable_depth.parquet")
         tuning = pd.read_parquet(args.analysis / "tuning.parquet")
+        convergence = pd.read_parquet(args.analysis / "convergence.parquet")
+        chosen = pd.read_parquet(args.analysis / "chosen_runs.parquet")
         figures = json.loads((generated / "figures" / "figures.json").read_text())
         manifest = json.loads((args.data / "manifest.json").read_text())
     except FileNotFoundError as exc:
         fail(f"{exc.filename} not found; run `dvc repro figures` first")
     profile = args.profile or str(runs["profile"].iloc[0])
-    values = {"Profile": escape(profile), **numbers.run_counts(runs),
-              **numbers.data_numbers(manifest), **numbers.budget_numbers(runs),
-              **numbers.tuning_numbers(tuning), **numbers.generalization_numbers(runs),
-              **numbers.theory_numbers(rates), **numbers.excess_numbers(),
-              **numbers.claim_numbers(table)}  # fmt: skip
+    inputs = {"runs": runs, "rates": rates, "claims": table, "tuning": tuning,
+              "convergence": convergence, "chosen": chosen, "manifest": manifest}  # fmt: skip
+    values = {"Profile": escape(profile), **numbers.all_macros(inputs)}
     for stem, entry in figures.items():
         drawn = f"{number(entry['n'])} {escape(entry['unit'])}"
         sweeps = tuple(entry["sweeps"])

@@ -77,6 +77,7 @@ CURRICULUM_COLORS: dict[str, str] = {
 VERDICT_COLORS: dict[str, str] = {
     "supported": "#1B9E4B",
     "refuted": "#C0392B",
+    "no effect of the claimed size": "#2C7FB8",
     "mixed": "#E69F00",
     "inconclusive": "#7F7F7F",
     "not tested": "#BBBBBB",
@@ -114,6 +115,14 @@ SKIP_LABELS: dict[str, str] = {
     Skip.highway: "highway",
     Skip.dense: "dense",
 }
+VERDICT_LABELS: dict[str, str] = {
+    "supported": "supported",
+    "refuted": "refuted",
+    "no effect of the claimed size": "no effect of the claimed size",
+    "mixed": "mixed",
+    "inconclusive": "inconclusive",
+    "not tested": "not tested",
+}
 CURRICULUM_LABELS: dict[str, str] = {
     Curriculum.none: "random order",
     Curriculum.linear: "easiest first",
@@ -144,6 +153,7 @@ LABELS: dict[str, dict[str, str]] = {
     "norm": NORM_LABELS,
     "skip": SKIP_LABELS,
     "curriculum": CURRICULUM_LABELS,
+    "verdict": VERDICT_LABELS,
 }
 
 

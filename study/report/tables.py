@@ -11,7 +11,7 @@ import pandas as pd
 
 from study.analysis import claims, verdicts
 from study.report.latex import escape, interval, macro_name, number, table
-from study.report.numbers import pvalue_text, short_stratum
+from study.report.numbers import pvalue_text
 from study.report.style import INIT_LABELS
 
 # Which sweeps each table draws on.
@@ -28,37 +28,80 @@ def _source(name: str) -> str:
     return "\\" + macro_name("source table", name)
 
 
+def short_stratum(stratum: str) -> str:
+    """A stratum as the paper writes it."""
+    return (stratum.replace("norm=none, skip=none", "plain nets")
+            .replace("norm=batch, skip=residual", "residual nets with batch norm")
+            .replace("dropout=0.0", "without dropout")
+            .replace("activation in {relu, leaky_relu, prelu}", "rectifiers")
+            .replace("init_quality=badly", "badly initialized")
+            .replace("init_quality=well", "well initialized").replace("family=", "family ")
+            .replace("depth>=", "depth ≥ "))  # fmt: skip
+
+
+FORM_WORDS = {"superiority": "sup.", "non-inferiority": "non-inf.", "level": "level"}
+
+
 def claims_table(rows: pd.DataFrame) -> str:
-    """One line per target row, grouped by claim (its verdict on the first line)."""
-    target = rows[rows["carries_verdict"]]
+    """One line per target row, grouped by claim: the claim's one word (its parts combined by
+    ``verdicts.combine``) and how many parts are undecided on its first line; each row's
+    form, margin, effect with its interval at the row's level, p-value and verdict (†:
+    fragile, it changes when one seed is left out)."""
+    target = rows[rows["carries_verdict"].astype(bool)]
     by_claim = verdicts.claim_verdicts(rows)
     statements = {h.part: h.statement for h in claims.HYPOTHESES}
     body, seen, parts = [], set(), set()
     for r in target.itertuples():
-        first = r.claim not in seen
+        entry = by_claim[r.claim]
+        claim = ""
+        if r.claim not in seen:
+            claim = (f"\\textbf{{{escape(r.claim)}}}\\newline\\emph{{{entry['verdict']}}}"
+                     f"\\newline{entry['parts'] - entry['undecided']} of {entry['parts']} "
+                     "decided")  # fmt: skip
         seen.add(r.claim)
-        claim = (
-            f"\\textbf{{{r.claim}}}\\newline\\emph{{{by_claim[r.claim]['verdict']}}}"
-            if first
-            else ""
-        )
         if r.note.startswith("not tested"):
             effect = escape(r.note.removeprefix("not tested: "))
         else:
             effect = f"{interval(r.effect, r.effect_low, r.effect_high)} {escape(r.unit)}"
-        n = str(r.n) if r.n else "--"
-        new_part = r.part not in parts
+        said = f"{escape(r.part)}: {escape(statements[r.part])}"
+        hypothesis = said if r.part not in parts else ""
         parts.add(r.part)
-        hypothesis = f"{escape(r.part)}: {escape(statements[r.part])}" if new_part else ""
-        body.append([claim, hypothesis, escape(short_stratum(r.stratum)), effect, n,
-                     pvalue_text(r.p_holm), escape(r.verdict)])  # fmt: skip
-    caption = ("Every claim (C1--C19) and its target rows: the population where the article "
-               "makes the claim, the mean effect over cells with its 95\\% t-interval, the "
-               "number of cells (runs for C5a), the Holm-adjusted $p$ and the row's verdict. "
+        fragile = "$^\\dagger$" if bool(getattr(r, "fragile", False)) else ""
+        body.append([claim, hypothesis, FORM_WORDS.get(r.form, escape(r.form)),
+                     number(r.margin), escape(short_stratum(r.stratum)), effect,
+                     str(r.n) if r.n else "--", pvalue_text(r.p_decisive),
+                     escape(r.verdict) + fragile])  # fmt: skip
+    caption = ("Every claim and its target rows. A claim's word combines its decided parts by "
+               "the declared rule (Section~\\ref{sec:verdicts}); the parts follow, each with "
+               "its form (sup.: superiority, non-inf.: non-inferiority), its margin (the "
+               "smallest effect of interest, in the outcome's unit), the population where the "
+               "article makes the claim, the mean effect over clusters with its interval at "
+               "the row's level, the number of cells, the row's decisive one-sided $p$ and its "
+               f"verdict ($^\\dagger$: fragile). {_source('claims')}")  # fmt: skip
+    return table(["claim", "hypothesis", "form", "margin", "target", "effect [interval]", "$n$",
+                  "$p$", "verdict"], body, r"Q{1.5cm}Q{2.9cm}lrQ{2.1cm}Q{2.6cm}rrQ{1.5cm}",
+                 caption, "tab:claims", long=True, size=r"\scriptsize")  # fmt: skip
+
+
+def needs_table(rows: pd.DataFrame) -> str:
+    """What would decide each inconclusive target row: the units (clusters) and cells a
+    test at the row's level would need at the observed mean and spread."""
+    target = rows[rows["carries_verdict"].astype(bool) & (rows["verdict"] == "inconclusive")]
+    body = [[escape(r.part), escape(short_stratum(r.stratum)), FORM_WORDS.get(r.form, r.form),
+             number(r.margin), f"{interval(r.effect, r.effect_low, r.effect_high)} "
+             f"{escape(r.unit)}", number(r.clusters), number(r.n),
+             number(r.units_needed) if pd.notna(r.units_needed) else "--",
+             number(r.cells_needed) if pd.notna(r.cells_needed) else "--"]
+            for r in target.itertuples()]  # fmt: skip
+    if not body:
+        body = [["--"] * 9]
+    caption = ("What each inconclusive target row would need: the clusters (units of the test) "
+               "and cells it has, and those that would decide it at its observed mean and "
+               "spread (--: no number of cells would, the estimate sits on the margin). "
                f"{_source('claims')}")  # fmt: skip
-    return table(["claim", "hypothesis", "target", "effect [95\\% CI]", "$n$", "$p_\\mathrm{Holm}$",
-                  "verdict"], body, r"Q{1.6cm}Q{3.3cm}Q{2.6cm}Q{2.9cm}rrl", caption,
-                 "tab:claims", long=True, size=r"\footnotesize")  # fmt: skip
+    return table(["part", "target", "form", "margin", "effect [interval]", "clusters", "cells",
+                  "clusters needed", "cells needed"], body, r"lQ{2.8cm}lrQ{3cm}rrrr", caption,
+                 "tab:needs", size=r"\scriptsize")  # fmt: skip
 
 
 THEORY_GROUPS = {
@@ -184,6 +227,7 @@ def grids_table(runs: pd.DataFrame) -> str:
 def all_tables(runs, rates, rows, effects, depth) -> dict[str, str]:
     return {
         "claims": claims_table(rows),
+        "needs": needs_table(rows),
         "theory": theory_table(rates),
         "factors": factors_table(effects),
         "trainable": trainable_table(depth),
