@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from study import records
-from study.analysis import claims, hypotheses, outcomes, stats, theory, verdicts
+from study.analysis import beyond, claims, hypotheses, outcomes, stats, theory, verdicts
 from study.config import interruptible
 from study.records import Status, summary_column, write_table
 
@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "tuning": tuning(runs, curves),
         "chosen_runs": chosen_runs(runs),
         "claims": table,
+        **beyond.tables(runs, num_features),  # issue 26: results/analysis/beyond_*.parquet
     }
     for name, frame in outputs.items():
         write_table(frame.reset_index(drop=True), args.out / f"{name}.parquet")
