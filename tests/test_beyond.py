@@ -96,7 +96,7 @@ def test_jacobian_table_compares_with_free_probability():
                          for s, f in enumerate((0.9, 1.1))])  # fmt: skip
     [row] = beyond.jacobian_table(runs, FEATURES).itertuples()
     assert row.mean_ratio == pytest.approx(1.0) and row.var_ratio == pytest.approx(1.0)
-    assert row.mean_agrees and row.var_agrees and row.n_seeds == 2
+    assert row.mean_agrees and row.var_agrees and row.var_covered and row.n_seeds == 2
 
 
 def test_residual_table_uses_the_effective_branch_scale():

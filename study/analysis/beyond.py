@@ -175,7 +175,9 @@ def jacobian_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
                      "eig_var_high": v.high, "theory_var": var,
                      "mean_ratio": m.estimate / mean, "var_ratio": v.estimate / var,
                      "mean_agrees": bool(abs(m.estimate / mean - 1) <= AGREEMENT),
-                     "var_agrees": bool(abs(v.estimate / var - 1) <= AGREEMENT)})  # fmt: skip
+                     "var_agrees": bool(abs(v.estimate / var - 1) <= AGREEMENT),
+                     # the seeds' spread is wide at depth: does their interval hold it?
+                     "var_covered": bool(v.low <= var <= v.high)})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -28,7 +28,7 @@ THEORY = "#333333"  # every theory curve, so that measured series keep the facto
 
 def _six_xi_curve(activation: str, sigma_b2: float, low: float, high: float) -> tuple:
     """6 xi_c on a fine sigma_w^2 grid: the curve Schoenholz et al. put over the diagram."""
-    grid = np.linspace(low, high, 121)
+    grid = np.linspace(low, high, 41)  # the chaotic side iterates c* to convergence: slow
     return grid, np.array([6 * beyond._xi(activation, w, sigma_b2) for w in grid])
 
 
@@ -131,7 +131,8 @@ def jacobian_figure(jacobian: pd.DataFrame, num_features: int = 40) -> Figure:
                     yerr=[part["eig_var"] - part["eig_var_low"].fillna(part["eig_var"]),
                           part["eig_var_high"].fillna(part["eig_var"]) - part["eig_var"]],
                     fmt="o", color=color, ms=3.5, lw=0.8, label=name)  # fmt: skip
-        depths = np.unique(np.geomspace(1, part["depth"].max(), 24).astype(int))
+        # At the measured depths and 1: each prediction walks the q_l recursion.
+        depths = np.unique([1, *part["depth"].astype(int)])
         theory = [isometry.predict(ModelConfig(depth=int(d), width=int(width), activation=a,
                                                init=init, sigma_w2=float(w), sigma_b2=float(b)),
                                    num_features)[1] for d in depths]  # fmt: skip

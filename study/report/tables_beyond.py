@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import beyond
-from study.report.latex import escape, interval, macro_name, number, table
+from study.report.latex import escape, macro_name, number, table
 from study.report.numbers import macros
 
 NAMES = ("phase_cells", "phase_depths", "phase_ratio", "xi_c", "width", "jacobian",
@@ -41,7 +41,7 @@ def numbers(t: dict[str, pd.DataFrame]) -> dict[str, str]:
         "BeyondResidualCells": number(len(t["residual_scale"])),
     }
     for r in t["phase_ratio"].itertuples():
-        values[macro_name("beyond ratio", r.activation)] = interval(r.ratio, r.low, r.high)
+        values[macro_name("beyond ratio", r.activation)] = _ci(r.ratio, r.low, r.high)
         values[macro_name("beyond ratio points", r.activation)] = number(r.n_points)
     jac = t["jacobian"]
     values["BeyondJacobianVarAgree"] = (
@@ -80,7 +80,7 @@ def claim_rows(t: dict[str, pd.DataFrame]) -> list[list[str]]:
     for r in t["phase_ratio"].itertuples():
         inside = r.low <= r.theory <= r.high if np.isfinite(r.low) else None
         rows.append([f"trainable depth / $\\xi_c$, {escape(r.activation)}", number(r.theory),
-                     f"{interval(r.ratio, r.low, r.high)} ({number(r.n_points)} $\\sigma_w^2$)",
+                     f"{_ci(r.ratio, r.low, r.high)} ({number(r.n_points)} $\\sigma_w^2$)",
                      NONE if inside is None else (YES if inside else NO)])  # fmt: skip
     jac = t["jacobian"]
     if len(jac):
@@ -89,8 +89,9 @@ def claim_rows(t: dict[str, pd.DataFrame]) -> list[list[str]]:
             kind = "orth." if "orthogonal" in str(r.init) else "Gauss."
             rows.append([f"var.\\ of $JJ^T$ eigenvalues, {escape(r.activation)} {kind}, "
                          f"$L$={r.depth}", number(r.theory_var),
-                         interval(r.eig_var, r.eig_var_low, r.eig_var_high),
-                         YES if r.var_agrees else NO])  # fmt: skip
+                         _ci(r.eig_var, r.eig_var_low, r.eig_var_high),
+                         YES if r.var_agrees else "interval holds it" if r.var_covered
+                         else NO])  # fmt: skip
         rows.append([r"mean of $JJ^T$ eigenvalues, every cell", r"$\prod_l \chi_l$",
                      f"{int(jac['mean_agrees'].sum())} of {len(jac)} within "
                      r"\BeyondAgreement", _share(jac["mean_agrees"])])  # fmt: skip
@@ -116,6 +117,13 @@ def claim_rows(t: dict[str, pd.DataFrame]) -> list[list[str]]:
                          f"{int(part['agrees'].sum())} of {len(part)} within "
                          r"\BeyondAgreement", _share(part["agrees"])])  # fmt: skip
     return rows or [[NONE] * 4]
+
+
+def _ci(estimate: float, low: float, high: float) -> str:
+    """ "x [low, high]" unsigned (variances, ratios); the estimate alone without bounds."""
+    if not np.isfinite(low):
+        return number(estimate)
+    return f"{number(estimate)} [{number(low)}, {number(high)}]"
 
 
 def _share(agrees: pd.Series) -> str:
