@@ -43,12 +43,15 @@ def test_trainable_depth_is_the_deepest_before_the_first_failure():
     assert depths.loc[1.0, "ratio"] == pytest.approx(16 / xi)
     assert depths.loc[1.0, "six_xi_c"] == pytest.approx(6 * xi)
     assert depths.loc[3.0, "censored"] and depths.loc[3.0, "trainable_depth"] == 64
+    # 6 xi_c = 22 at 1.0 is within the grid's depths, 54 at 3.0 too.
+    assert depths["testable"].all()
 
 
-def test_depth_ratio_is_a_t_interval_over_uncensored_points():
-    depths = pd.DataFrame({"activation": "tanh", "sigma_w2": [1.0, 2.0, 3.0, 4.0],
-                           "ratio": [4.0, 6.0, 8.0, 50.0],
-                           "censored": [False, False, False, True]})  # fmt: skip
+def test_depth_ratio_is_a_t_interval_over_uncensored_testable_points():
+    depths = pd.DataFrame({"activation": "tanh", "sigma_w2": [1.0, 2.0, 3.0, 4.0, 1.75],
+                           "ratio": [4.0, 6.0, 8.0, 50.0, 1.0],
+                           "censored": [False, False, False, True, False],
+                           "testable": [True, True, True, True, False]})  # fmt: skip
     [row] = beyond.depth_ratio(depths).itertuples()
     half = sps.t.ppf(0.975, 2) * 2.0 / math.sqrt(3)
     assert (row.n_points, row.n_censored, row.ratio) == (3, 1, pytest.approx(6.0))
@@ -117,3 +120,18 @@ def test_residual_table_uses_the_effective_branch_scale():
     growth = table.loc["constant", "theory_growth"]
     assert growth > table.loc["sqrt_depth", "theory_growth"] > 1.0  # a smaller s grows less
     assert table.loc["constant", "ratio"] == pytest.approx(growth**0.05)
+
+
+def test_the_paper_tables_come_from_the_analysis_tables(tmp_path):
+    from study.report import tables_beyond
+
+    empty = tables_beyond.texts(tmp_path)  # no phase sweep in this profile: the text still sets
+    assert r"\newcommand{\BeyondRatioTanh}{--}" in empty["tables/beyond_numbers.tex"]
+    depths = pd.DataFrame({"activation": "tanh", "sigma_w2": [1.0, 3.0, 4.0],
+                           "ratio": [5.0, 6.0, 7.0], "censored": False, "testable": True})  # fmt: skip
+    beyond.depth_ratio(depths).to_parquet(tmp_path / "beyond_phase_ratio.parquet")
+    texts = tables_beyond.texts(tmp_path)
+    [row] = [line for line in texts["tables/beyond_claims.tex"].splitlines()
+             if line.startswith("trainable depth")]  # fmt: skip
+    assert row.endswith("& yes \\\\")  # 6 inside [3.5, 8.5]
+    assert r"\newcommand{\BeyondRatioPointsTanh}{3}" in texts["tables/beyond_numbers.tex"]

@@ -22,7 +22,7 @@ from .conftest import CONF, ROOT
 # The grid sizes of README "Sweeps" (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
     "standard": {"init": 12_600, "train": 6_048, "optim": 1_440, "scale": 640, "theory": 336,
-                 "regularize": 1_080, "curriculum": 1_920, "phase": 56, "width": 48,
+                 "regularize": 1_080, "curriculum": 1_920, "phase": 88, "width": 48,
                  "jacobian": 36},
     "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12, "regularize": 16,
               "curriculum": 16, "phase": 6, "width": 8, "jacobian": 4},

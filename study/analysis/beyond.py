@@ -20,6 +20,7 @@ No random numbers: two runs give identical tables.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -39,6 +40,7 @@ RATE = summary_column("signal", "log10_rate", "init")
 xi_c = meanfield.depth_scale
 
 
+@functools.cache  # the chaotic side iterates c* to convergence: seconds near the edge
 def _xi(activation: str, sigma_w2: float, sigma_b2: float) -> float:
     value = xi_c(str(activation), float(sigma_w2), float(sigma_b2))
     return float(value) if value is not None else math.nan
@@ -70,8 +72,11 @@ def phase_cells(runs: pd.DataFrame) -> pd.DataFrame:
 
 def phase_depths(cells: pd.DataFrame) -> pd.DataFrame:
     """Per activation x sigma_w^2: the deepest net that trains (every shallower one of the
-    grid too); ``censored`` where the grid's deepest trains (the ratio is a lower bound)."""
+    grid too); ``censored`` where the grid's deepest trains (the ratio is a lower bound);
+    ``testable`` where 6 xi_c is within the grid's depths (near the edge it is not, and the
+    deepest trainable net measures the training budget, not xi_c)."""
     rows = []
+    deepest = cells["depth"].max() if len(cells) else 0
     for key, group in cells.groupby(["activation", "sigma_w2", "sigma_b2"], observed=True):
         group = group.sort_values("depth")
         failed = group.loc[~group["trained"], "depth"]
@@ -81,21 +86,23 @@ def phase_depths(cells: pd.DataFrame) -> pd.DataFrame:
         rows.append({"activation": key[0], "sigma_w2": key[1], "sigma_b2": key[2],
                      "trainable_depth": depth, "first_failing": int(failed.min())
                      if len(failed) else pd.NA, "censored": not len(failed), "xi_c": xi,
-                     "six_xi_c": 6 * xi, "ratio": depth / xi if depth and xi > 0 else math.nan})  # fmt: skip
+                     "six_xi_c": 6 * xi, "testable": bool(6 * xi <= deepest),
+                     "ratio": depth / xi if depth and xi > 0 else math.nan})  # fmt: skip
     frame = pd.DataFrame(rows, columns=["activation", "sigma_w2", "sigma_b2", "trainable_depth",
                                         "first_failing", "censored", "xi_c", "six_xi_c",
-                                        "ratio"])  # fmt: skip
+                                        "testable", "ratio"])  # fmt: skip
     frame["first_failing"] = frame["first_failing"].astype("Int64")
-    frame["censored"] = frame["censored"].astype(bool)
+    frame[["censored", "testable"]] = frame[["censored", "testable"]].astype(bool)
     return frame
 
 
 def depth_ratio(depths: pd.DataFrame) -> pd.DataFrame:
     """Per activation: the mean ratio trainable depth / xi_c over the sigma_w^2 points where
-    it is measured (finite xi_c, some depth trains, a failing depth bounds it), t interval."""
+    it is measured (testable: 6 xi_c within the grid; some depth trains; a failing depth
+    bounds it), with a t interval."""
     rows = []
     for activation, group in depths.groupby("activation", observed=True):
-        ok = group[~group["censored"] & np.isfinite(group["ratio"])]
+        ok = group[group["testable"] & ~group["censored"] & np.isfinite(group["ratio"])]
         interval = stats.t_interval(ok["ratio"].to_numpy(float))
         rows.append({"activation": activation, "n_points": len(ok),
                      "ratio": interval.estimate, "low": interval.low, "high": interval.high,

@@ -40,6 +40,8 @@ def numbers(t: dict[str, pd.DataFrame]) -> dict[str, str]:
         "BeyondJacobianCells": number(len(t["jacobian"])),
         "BeyondResidualCells": number(len(t["residual_scale"])),
     }
+    # The text names tanh's ratio: defined ("--") even where the profile has no phase sweep.
+    values["BeyondRatioTanh"] = values["BeyondRatioPointsTanh"] = NONE
     for r in t["phase_ratio"].itertuples():
         values[macro_name("beyond ratio", r.activation)] = _ci(r.ratio, r.low, r.high)
         values[macro_name("beyond ratio points", r.activation)] = number(r.n_points)
@@ -58,9 +60,10 @@ def xi_table(t: dict[str, pd.DataFrame]) -> str:
         body = [[NONE] * 8]
     else:
         merged = xi.merge(depths[["activation", "sigma_w2", "trainable_depth", "censored",
-                                  "ratio"]], on=["activation", "sigma_w2"], how="left")  # fmt: skip
+                                  "testable"]], on=["activation", "sigma_w2"], how="left")  # fmt: skip
         body = [[escape(r.activation), number(r.sigma_w2), number(r.q_star), number(r.chi_1),
-                 escape(r.phase), number(r.xi_c), number(6 * r.xi_c),
+                 escape(r.phase), number(r.xi_c),
+                 number(6 * r.xi_c) + ("" if r.testable is True else r"$^\dagger$"),
                  (("$\\geq$" if r.censored else "") + number(r.trainable_depth))
                  if pd.notna(r.trainable_depth) else NONE]
                 for r in merged.itertuples()]  # fmt: skip
@@ -70,7 +73,8 @@ def xi_table(t: dict[str, pd.DataFrame]) -> str:
                r"$\xi_c$ at every $\sigma_w^2$ of the phase sweep ($\sigma_b^2$ as in "
                r"Figure~\ref{fig:beyond-phase}), beside the deepest net of the grid that trains "
                r"(mean test accuracy $\geq$ \BeyondTrainedAccuracy{}, every shallower depth too; "
-               r"$\geq$: the grid's deepest trains).")  # fmt: skip
+               r"$\geq$: the grid's deepest trains; $\dagger$: $6\xi_c$ beyond the grid's "
+               r"deepest depth, left out of the ratio).")  # fmt: skip
     return table(header, body, "lrrrlrrr", caption, "tab:beyond-xi", size=r"\scriptsize")
 
 
@@ -81,7 +85,9 @@ def claim_rows(t: dict[str, pd.DataFrame]) -> list[list[str]]:
         inside = r.low <= r.theory <= r.high if np.isfinite(r.low) else None
         rows.append([f"trainable depth / $\\xi_c$, {escape(r.activation)}", number(r.theory),
                      f"{_ci(r.ratio, r.low, r.high)} ({number(r.n_points)} $\\sigma_w^2$)",
-                     NONE if inside is None else (YES if inside else NO)])  # fmt: skip
+                     NONE if inside is None else NO if not inside
+                     # an interval down to 0 or below cannot tell the prediction from nothing
+                     else YES if r.low > 0 else "interval too wide"])  # fmt: skip
     jac = t["jacobian"]
     if len(jac):
         deepest = jac.loc[jac.groupby(["activation", "init"], observed=True)["depth"].idxmax()]
