@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
               "run `dvc repro collect` first", file=sys.stderr)  # fmt: skip
         sys.exit(1)
     num_features = {name: entry["num_features"] for name, entry in manifest.items()}
+    everything = runs  # beyond.tables reads its own sweeps, the articles' analysis the rest
+    runs, layers, curves = (t[~t["sweep"].isin(beyond.SWEEPS)] for t in (runs, layers, curves))
     values = outcomes.run_values(runs, layers, curves, manifest)
     table = hypotheses.table(claims.HYPOTHESES, outcomes.tables(values))
     table["fragile"] = fragile(values, table)
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         "tuning": tuning(runs, curves),
         "chosen_runs": chosen_runs(runs),
         "claims": table,
-        **beyond.tables(runs, num_features),  # issue 26: results/analysis/beyond_*.parquet
+        **beyond.tables(everything, num_features),  # issue 26: analysis/beyond_*.parquet
     }
     for name, frame in outputs.items():
         write_table(frame.reset_index(drop=True), args.out / f"{name}.parquet")

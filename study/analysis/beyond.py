@@ -33,6 +33,9 @@ from study.records import Status, summary_column
 # The declared criterion of the phase sweep: a cell trains if its seeds' mean test accuracy
 # reaches 2.5x chance on MNIST-1D's ten classes (most of them diverged: it does not).
 TRAINED_ACCURACY = 0.25
+# This module's sweeps: the articles' analysis (analyze.py) leaves them out -- their
+# explicit-variance inits are beyond theory.predict, and their claims are these tables'.
+SWEEPS = ("phase", "width", "jacobian")
 AGREEMENT = 0.10  # measured vs predicted: "agrees" within 10%
 RATE = summary_column("signal", "log10_rate", "init")
 
