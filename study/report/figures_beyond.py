@@ -4,7 +4,7 @@ finite-width excess of the per-layer rate, scaled residual branches, and the Jac
 spectrum's variance with depth.
 
 Each figure reads one table of ``study.analysis.beyond`` (results/analysis/beyond_*.parquet);
-``render`` writes them and ``beyond.json``, the listing the paper's provenance macros read.
+``render`` writes them and ``beyond.json``, the rows each drew (figures.json lists the rest).
 """
 
 from __future__ import annotations
