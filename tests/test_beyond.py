@@ -64,7 +64,8 @@ def test_xi_table_names_the_phases():
     table = beyond.xi_table(grid).set_index(["activation", "sigma_w2"])
     assert table.loc[("tanh", 1.0), "phase"] == "ordered"
     assert table.loc[("tanh", 3.0), "phase"] == "chaotic"
-    assert table.loc[("relu", 2.0), "phase"] == "edge" and table.loc[("relu", 2.0), "xi_c"] == np.inf
+    edge = table.loc[("relu", 2.0)]
+    assert edge["phase"] == "edge" and edge["xi_c"] == np.inf
     # chi_1 < 1 in order: xi_c = -1 / ln chi_1 there.
     ordered = table.loc[("tanh", 1.0)]
     assert ordered["xi_c"] == pytest.approx(-1 / math.log(ordered["chi_1"]))
@@ -128,7 +129,8 @@ def test_the_paper_tables_come_from_the_analysis_tables(tmp_path):
     empty = tables_beyond.texts(tmp_path)  # no phase sweep in this profile: the text still sets
     assert r"\newcommand{\BeyondRatioTanh}{--}" in empty["tables/beyond_numbers.tex"]
     depths = pd.DataFrame({"activation": "tanh", "sigma_w2": [1.0, 3.0, 4.0],
-                           "ratio": [5.0, 6.0, 7.0], "censored": False, "testable": True})  # fmt: skip
+                           "ratio": [5.0, 6.0, 7.0], "censored": False,
+                           "testable": True})  # fmt: skip
     beyond.depth_ratio(depths).to_parquet(tmp_path / "beyond_phase_ratio.parquet")
     texts = tables_beyond.texts(tmp_path)
     [row] = [line for line in texts["tables/beyond_claims.tex"].splitlines()

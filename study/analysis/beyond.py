@@ -205,8 +205,8 @@ def residual_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
     the squared gradient, 10^(2 rate), against mean field at the effective branch scale s
     (the stream's 1 + s^2 chi with the E[phi'^2] ratio); a ReZero branch (s = 0) has no
     gradient at init to measure, so it is left out."""
-    plain = runs[(runs["skip"] == "residual") & (runs["norm"] == "none")
-                 & runs["sweep"].isin(["init", "width"]) & (runs["status"] != Status.failed)]  # fmt: skip
+    ok = runs["sweep"].isin(["init", "width"]) & (runs["status"] != Status.failed)
+    plain = runs[ok & (runs["skip"] == "residual") & (runs["norm"] == "none")]
     keys = ["activation", "init", "residual_scaling", "residual_scale", "depth", "width"]
     rows = []
     for key, group in plain.groupby(keys, observed=True, sort=True):
@@ -214,8 +214,9 @@ def residual_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
         s = branch_scale(depth, scaling, scale)
         if s == 0.0:
             continue
-        p = theory.predict(a, init, "none", "residual", int(depth), int(width),
-                           num_features[str(group["dataset"].iloc[0])], residual_scale=s)  # fmt: skip
+        features = num_features[str(group["dataset"].iloc[0])]
+        p = theory.predict(a, init, "none", "residual", int(depth), int(width), features,
+                           residual_scale=s)  # fmt: skip
         measured = stats.t_interval(group[RATE].to_numpy(float))
         growth = 10 ** (2 * measured.estimate)
         predicted = 10 ** (2 * p.log10_rate) if p.log10_rate is not None else math.nan

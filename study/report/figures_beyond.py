@@ -9,7 +9,6 @@ Each figure reads one table of ``study.analysis.beyond`` (results/analysis/beyon
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -49,8 +48,8 @@ def phase_diagram(cells: pd.DataFrame) -> Figure:
                             linewidths=0.8, label="cells")  # fmt: skip
         ax.scatter(part.loc[~trained, "sigma_w2"], part.loc[~trained, "depth"], marker="x",
                    color="white", s=14, linewidths=0.8, label="fails")  # fmt: skip
-        w, six = _six_xi_curve(activation, float(part["sigma_b2"].iloc[0]),
-                               float(part["sigma_w2"].min()), float(part["sigma_w2"].max()))  # fmt: skip
+        low, high = float(part["sigma_w2"].min()), float(part["sigma_w2"].max())
+        w, six = _six_xi_curve(activation, float(part["sigma_b2"].iloc[0]), low, high)
         ax.plot(w, np.where(np.isfinite(six), six, np.nan), color=THEORY, lw=1.2,
                 label=r"$6\xi_c$ (mean field)")  # fmt: skip
         ax.set_yscale("log", base=2)
@@ -172,4 +171,3 @@ def render(analysis: Path, out: Path) -> dict[str, dict]:
                          "files": [p.name for p in paths]}  # fmt: skip
     write_json(Path(out) / "beyond.json", listing)
     return listing
-

@@ -59,8 +59,8 @@ def xi_table(t: dict[str, pd.DataFrame]) -> str:
     if xi.empty:
         body = [[NONE] * 8]
     else:
-        merged = xi.merge(depths[["activation", "sigma_w2", "trainable_depth", "censored",
-                                  "testable"]], on=["activation", "sigma_w2"], how="left")  # fmt: skip
+        measured = depths[["activation", "sigma_w2", "trainable_depth", "censored", "testable"]]
+        merged = xi.merge(measured, on=["activation", "sigma_w2"], how="left")
         body = [[escape(r.activation), number(r.sigma_w2), number(r.q_star), number(r.chi_1),
                  escape(r.phase), number(r.xi_c),
                  number(6 * r.xi_c) + ("" if r.testable is True else r"$^\dagger$"),
