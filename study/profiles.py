@@ -19,4 +19,5 @@ class Profile(enum.StrEnum):
 
 
 # The sweeps of a profile, in pipeline order (dvc.yaml's sweep stage runs one per item).
-SWEEPS = ("init", "train", "optim", "scale", "theory", "regularize", "curriculum")
+SWEEPS = ("init", "train", "optim", "scale", "theory", "regularize", "curriculum", "phase",
+          "width", "jacobian")

@@ -51,6 +51,12 @@ PLAN = {
                                  "probe.schedule=log10"))]],
     "curriculum": [[("linear-s0", ("model.depth=4", "train.steps=6",
                                    "train.curriculum=linear", "train.eval_train=true"))]],
+    "phase": [[("w2-s0", ("model.depth=4", "train.steps=6", "model.init=gaussian",
+                          "model.sigma_w2=2.0", "model.sigma_b2=0.05", "train.early_stop=true",
+                          "probe.schedule=log10"))]],
+    "width": [[("w32-s0", ("model.depth=4", "train.steps=0", "model.width=32"))]],
+    "jacobian": [[("j-s0", ("model.depth=4", "train.steps=0", "model.init=scaled_orthogonal",
+                            "model.sigma_w2=2.0", "model.sigma_b2=0.0", "probe.jacobian=true"))]],
 }  # fmt: skip
 FAILED = ("regularize", "crash-s0", ("model.depth=4", "train.steps=6"))
 
@@ -165,12 +171,22 @@ def test_a_clean_set_collects_to_the_same_bytes_as_before_the_checks(project, tm
     with contextlib.redirect_stdout(io.StringIO()):
         before.main(["--profile", "quick", "--out", "before"])
     now, then = outputs(project), outputs(project, "before")
-    # runs.parquet has since gained the Jacobian probe's columns (issue 26): without them it
-    # is the same table; every other output is the same bytes.
+    # runs.parquet has since gained the Jacobian probe's columns and the explicit variances
+    # (issue 26): without them it is the same table; every other output is the same bytes.
     runs = "tables/runs.parquet"
-    new = pd.read_parquet(io.BytesIO(now.pop(runs))).drop(columns=list(JACOBIAN_STATS))
+    new = pd.read_parquet(io.BytesIO(now.pop(runs))).drop(
+        columns=[*JACOBIAN_STATS, "sigma_w2", "sigma_b2"])
     pd.testing.assert_frame_equal(new, pd.read_parquet(io.BytesIO(then.pop(runs))))
     assert now == then
+
+
+def test_a_run_stopped_at_its_plateau_is_last_probed_there():
+    record = {"status": "finished", "summary": {"steps_done": 180},
+              "config": {"probe": {"enabled": True, "schedule": "log10"},
+                         "train": {"steps": 300}, "model": {"depth": 4}}}  # fmt: skip
+    assert checks.expected_steps(record, 20) == [0, 1, 10, 100, 180]
+    record["summary"]["steps_done"] = 300
+    assert checks.expected_steps(record, 20) == [0, 1, 10, 100, 300]
 
 
 def test_the_probe_schedule_restated_for_collect_is_the_engines():

@@ -35,6 +35,9 @@ QUICK = {
     "theory": 12,
     "regularize": 16,
     "curriculum": 16,
+    "phase": 6,
+    "width": 8,
+    "jacobian": 4,
 }  # conf/sweep/quick/*.yaml
 STAGES = (
     "prepare",

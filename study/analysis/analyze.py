@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from study import records
-from study.analysis import claims, hypotheses, outcomes, stats, theory, verdicts
+from study.analysis import beyond, claims, hypotheses, outcomes, stats, theory, verdicts
 from study.analysis import tuning as convergence
 from study.config import interruptible
 from study.records import Status, summary_column, write_table
@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
               "run `dvc repro collect` first", file=sys.stderr)  # fmt: skip
         sys.exit(1)
     num_features = {name: entry["num_features"] for name, entry in manifest.items()}
+    everything = runs  # beyond.tables reads its own sweeps, the articles' analysis the rest
+    runs, layers, curves = (t[~t["sweep"].isin(beyond.SWEEPS)] for t in (runs, layers, curves))
     runs = _with_scaling(runs)
     values = outcomes.run_values(runs, layers, curves, manifest)
     table = hypotheses.table(claims.HYPOTHESES, outcomes.tables(values))
@@ -347,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         "convergence": convergence.mark_targets(convergence.configurations(values, manifest),
                                                 claims.HYPOTHESES),
         "claims": table,
+        **beyond.tables(everything, num_features),  # issue 26: analysis/beyond_*.parquet
     }
     for name, frame in outputs.items():
         write_table(frame.reset_index(drop=True), args.out / f"{name}.parquet")

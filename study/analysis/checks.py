@@ -273,8 +273,12 @@ def expected_steps(record: dict[str, Any], rows: int) -> list[int]:
     one none or (``rows`` > 0) the first ones."""
     config = record["config"]
     probe = config["probe"]
-    due = probe_steps(probe["schedule"], config["train"]["steps"]) if probe["enabled"] else []
     status = record["status"]
+    steps = config["train"]["steps"]
+    done = (record.get("summary") or {}).get("steps_done")
+    if status == Status.finished and done is not None and done < steps:
+        steps = done  # stopped at its plateau (train.early_stop): the last probe is there
+    due = probe_steps(probe["schedule"], steps) if probe["enabled"] else []
     if status == Status.diverged:
         return [s for s in due if s < record["summary"]["steps_done"]]
     if status == Status.failed:

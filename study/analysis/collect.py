@@ -92,6 +92,8 @@ RUN_COLUMNS: dict[str, Any] = {
     "weight_decay": "float64",
     "batch_size": "int64",
     "residual_scale": "float64",
+    "sigma_w2": "float64",  # NaN: the init sets its own variances (model.sigma_w2)
+    "sigma_b2": "float64",
     "highway_gate_bias": "float64",
     "dense_growth": "int64",
     "probe_batch_size": "int64",
@@ -163,6 +165,10 @@ def cell_id(record: dict[str, Any]) -> str:
     return records.cell_key(config, record["data"]["sha256"])
 
 
+def _or_nan(value: float | None) -> float:
+    return float(value) if value is not None else np.nan
+
+
 def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str) -> dict:
     """One row of runs.parquet from one run.json."""
     config = record["config"]
@@ -196,6 +202,8 @@ def run_row(record: dict[str, Any], sweep_name: str, profile: str, run_dir: str)
         "weight_decay": optim["weight_decay"],
         "batch_size": train["batch_size"],
         "residual_scale": model["residual"]["scale"],
+        "sigma_w2": _or_nan(model.get("sigma_w2")),
+        "sigma_b2": _or_nan(model.get("sigma_b2")),
         "highway_gate_bias": model["highway"]["gate_bias"],
         "dense_growth": model["dense"]["growth"],
         "probe_batch_size": probe["batch_size"],

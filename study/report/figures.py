@@ -30,6 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from study.config import interruptible  # noqa: E402
 from study.records import write_json  # noqa: E402
 from study.report import figures_analysis as fa  # noqa: E402
+from study.report import figures_beyond  # noqa: E402
 from study.report import figures_claims as fc  # noqa: E402
 from study.report import figures_generalization as fg  # noqa: E402
 from study.report import figures_tables as ft  # noqa: E402
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study.report.figures: error: {exc}; run `dvc repro analyze` first", file=sys.stderr)
         sys.exit(1)
     listing = render(inputs, args.out)
+    listing.update(figures_beyond.render(args.analysis, args.out))  # paper/beyond.tex's
     print(f"figures: {len(listing)} figures -> {args.out}")
 
 

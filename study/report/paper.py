@@ -24,7 +24,7 @@ import pandas as pd
 
 from study import records
 from study.config import interruptible
-from study.report import numbers, tables
+from study.report import numbers, tables, tables_beyond
 from study.report.latex import breakable, escape, macro_name, number
 
 TEX_PACKAGES = "latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "provenance.tex": reproducibility(runs, profile),
         **{f"tables/{name}.tex": text
            for name, text in tables.all_tables(runs, rates, table, effects, depth).items()},
+        **tables_beyond.texts(args.analysis),  # paper/beyond.tex's tables and macros
     }  # fmt: skip
     for name, text in texts.items():
         records.atomic_write(generated / name, lambda tmp, text=text: tmp.write_text(text))
