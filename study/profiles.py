@@ -19,5 +19,15 @@ class Profile(enum.StrEnum):
 
 
 # The sweeps of a profile, in pipeline order (dvc.yaml's sweep stage runs one per item).
-SWEEPS = ("init", "train", "optim", "scale", "theory", "regularize", "curriculum", "phase",
-          "width", "jacobian")
+SWEEPS = (
+    "init",
+    "train",
+    "optim",
+    "scale",
+    "theory",
+    "regularize",
+    "curriculum",
+    "phase",
+    "width",
+    "jacobian",
+)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from study.analysis import beyond, isometry, meanfield, theory
+from study.analysis import beyond, isometry, phase, theory
 from study.config import ModelConfig
 
 FEATURES = {"mnist1d": 40}
@@ -37,7 +37,7 @@ def test_trainable_depth_is_the_deepest_before_the_first_failure():
     # A diverged seed scores chance: (0.4 + 0.1) / 2 = 0.25 still meets the criterion.
     assert cells.set_index(["sigma_w2", "depth"]).loc[(3.0, 32), "test_accuracy"] == 0.25
     depths = beyond.phase_depths(cells).set_index("sigma_w2")
-    xi = meanfield.depth_scale("tanh", 1.0, 0.05)
+    xi = phase.xi_c("tanh", 1.0, 0.05)
     assert depths.loc[1.0, "trainable_depth"] == 16  # not 64: every shallower one must train
     assert depths.loc[1.0, "first_failing"] == 32 and not depths.loc[1.0, "censored"]
     assert depths.loc[1.0, "ratio"] == pytest.approx(16 / xi)
@@ -65,7 +65,7 @@ def test_xi_table_names_the_phases():
     assert table.loc[("tanh", 1.0), "phase"] == "ordered"
     assert table.loc[("tanh", 3.0), "phase"] == "chaotic"
     edge = table.loc[("relu", 2.0)]
-    assert edge["phase"] == "edge" and edge["xi_c"] == np.inf
+    assert edge["phase"] == "critical" and edge["xi_c"] == np.inf
     # chi_1 < 1 in order: xi_c = -1 / ln chi_1 there.
     ordered = table.loc[("tanh", 1.0)]
     assert ordered["xi_c"] == pytest.approx(-1 / math.log(ordered["chi_1"]))

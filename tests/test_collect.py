@@ -175,7 +175,8 @@ def test_a_clean_set_collects_to_the_same_bytes_as_before_the_checks(project, tm
     # (issue 26): without them it is the same table; every other output is the same bytes.
     runs = "tables/runs.parquet"
     new = pd.read_parquet(io.BytesIO(now.pop(runs))).drop(
-        columns=[*JACOBIAN_STATS, "sigma_w2", "sigma_b2"])
+        columns=[*JACOBIAN_STATS, "sigma_w2", "sigma_b2"]
+    )
     pd.testing.assert_frame_equal(new, pd.read_parquet(io.BytesIO(then.pop(runs))))
     assert now == then
 

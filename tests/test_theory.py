@@ -386,8 +386,9 @@ def test_decay_rates_reports_both_measures(mnist1d):
 
 
 def test_agreement_counts_read_both_measures():
-    rates = pd.DataFrame({"agrees": [True, False, False, pd.NA],
-                          "agrees_ratio": [True, True, False, pd.NA]}).astype("boolean")
+    rates = pd.DataFrame(
+        {"agrees": [True, False, False, pd.NA], "agrees_ratio": [True, True, False, pd.NA]}
+    ).astype("boolean")
     assert analyze.agreement_counts(rates) == {"cells": 3, "agree_rate": 1, "agree_ratio": 2}
 
 

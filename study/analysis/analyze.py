@@ -346,8 +346,9 @@ def main(argv: list[str] | None = None) -> None:
         "trainable_depth": trainable_depth(runs, num_features),
         "tuning": tuning(runs, curves),
         "chosen_runs": chosen_runs(runs),
-        "convergence": convergence.mark_targets(convergence.configurations(values, manifest),
-                                                claims.HYPOTHESES),
+        "convergence": convergence.mark_targets(
+            convergence.configurations(values, manifest), claims.HYPOTHESES
+        ),
         "claims": table,
         **beyond.tables(everything, num_features),  # issue 26: analysis/beyond_*.parquet
     }

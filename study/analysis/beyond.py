@@ -26,7 +26,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from study.analysis import isometry, meanfield, stats, theory
+from study.analysis import isometry, phase, stats, theory
 from study.config import ModelConfig, ResidualConfig, Scaling
 from study.records import Status, summary_column
 
@@ -39,14 +39,11 @@ SWEEPS = ("phase", "width", "jacobian")
 AGREEMENT = 0.10  # measured vs predicted: "agrees" within 10%
 RATE = summary_column("signal", "log10_rate", "init")
 
-# Mean-field xi_c; one line to swap for meanfield.xi_c(activation, sigma_w2, sigma_b2).
-xi_c = meanfield.depth_scale
-
 
 @functools.cache  # the chaotic side iterates c* to convergence: seconds near the edge
 def _xi(activation: str, sigma_w2: float, sigma_b2: float) -> float:
-    value = xi_c(str(activation), float(sigma_w2), float(sigma_b2))
-    return float(value) if value is not None else math.nan
+    """The mean-field xi_c (study.analysis.phase): NaN where it is undefined."""
+    return float(phase.xi_c(str(activation), float(sigma_w2), float(sigma_b2)))
 
 
 def _of(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
@@ -115,19 +112,12 @@ def depth_ratio(depths: pd.DataFrame) -> pd.DataFrame:
 
 
 def xi_table(grid: pd.DataFrame) -> pd.DataFrame:
-    """Mean-field q*, chi_1 = chi(q*), xi_c and the phase at each (activation, sigma_w^2,
-    sigma_b^2) row of ``grid``."""
-    rows = []
-    for r in grid[["activation", "sigma_w2", "sigma_b2"]].drop_duplicates().itertuples():
-        a, w, b = str(r.activation), float(r.sigma_w2), float(r.sigma_b2)
-        q = meanfield.fixed_point(a, w, b)
-        chi_1 = meanfield.chi(a, q, w) if q is not None else math.nan
-        phase = ("no fixed point" if q is None else "edge" if abs(chi_1 - 1) < 1e-9
-                 else "ordered" if chi_1 < 1 else "chaotic")  # fmt: skip
-        rows.append({"activation": a, "sigma_w2": w, "sigma_b2": b,
-                     "q_star": q if q is not None else math.nan, "chi_1": chi_1,
-                     "phase": phase, "xi_c": _xi(a, w, b)})  # fmt: skip
-    return pd.DataFrame(rows).sort_values(["activation", "sigma_w2"], ignore_index=True)
+    """Mean-field q*, chi_1, xi_c and the phase (study.analysis.phase.phase_table) at each
+    (activation, sigma_w^2, sigma_b^2) of ``grid``."""
+    groups = grid.groupby(["activation", "sigma_b2"], observed=True)
+    parts = [phase.phase_table(a, sorted(g["sigma_w2"].unique()), b)
+             .assign(activation=a, sigma_b2=b) for (a, b), g in groups]  # fmt: skip
+    return pd.concat(parts).sort_values(["activation", "sigma_w2"], ignore_index=True)
 
 
 # -------------------------------------------------------------------------------- width

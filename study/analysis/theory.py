@@ -34,7 +34,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.special import roots_jacobi
 
 from study.analysis import meanfield, phase
@@ -218,8 +217,10 @@ def predict(
         c = layernorm_chi(activation)
         return Prediction(sw2, None, c, 0.5 * math.log10(c), None, "layer norm, large width")
     if skip is Skip.residual:
-        s = ModelConfig(depth=depth, residual=ResidualConfig(
-            scale=residual_scale, scaling=Scaling(residual_scaling))).branch_scale()
+        s = ModelConfig(
+            depth=depth,
+            residual=ResidualConfig(scale=residual_scale, scaling=Scaling(residual_scaling)),
+        ).branch_scale()
         if s == 0.0:  # ReZero at init: x + 0 f(x), the stream's gradient passes unchanged
             return Prediction(sw2, None, 1.0, 0.0, None, "residual, branch scale 0: identity")
         head = Head(nets.sigma_w2(init, activation, width, num_classes, sigma_w2), sb2,

@@ -30,11 +30,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from study.config import interruptible  # noqa: E402
 from study.records import write_json  # noqa: E402
 from study.report import figures_analysis as fa  # noqa: E402
-from study.report import figures_beyond  # noqa: E402
+from study.report import (
+    figures_beyond,  # noqa: E402
+    style,  # noqa: E402
+)
 from study.report import figures_claims as fc  # noqa: E402
 from study.report import figures_generalization as fg  # noqa: E402
 from study.report import figures_tables as ft  # noqa: E402
-from study.report import style  # noqa: E402
 
 
 @dataclass(frozen=True)
