@@ -20,7 +20,8 @@ GRID = np.round(np.arange(1.0, 4.01, 0.1), 2)  # sigma_w^2, at sigma_b^2 = 0.05
 @pytest.mark.parametrize("c", [-0.6, 0.0, 0.3, 0.9, 0.999])
 def test_pair_expectation_is_exact_across_the_relu_kink(c):
     # The arc-cosine kernels (Cho and Saul 2009): with theta = arccos c,
-    # E[relu(u1) relu(u2)] = q (sin theta + (pi - theta) c) / (2 pi), E[step step] = (pi - theta) / (2 pi).
+    # E[relu(u1) relu(u2)] = q (sin theta + (pi - theta) c) / (2 pi),
+    # E[step step] = (pi - theta) / (2 pi).
     q, theta = 1.7, math.acos(c)
     relu, step = meanfield.phi("relu"), meanfield.dphi("relu")
     kernel = q * (math.sin(theta) + (math.pi - theta) * c) / (2 * math.pi)

@@ -160,8 +160,8 @@ def test_scaled_branches_grow_by_one_plus_s_squared_chi(mnist1d):
     assert wide == pytest.approx(0.5 * math.log10(17 / 16), abs=1e-6)
     assert rate(residual_scaling="sqrt_depth") == pytest.approx(0.0180, abs=1e-4)
     # ReZero: s = 0 at init, every block the identity: growth 1, rate 0, whatever the scale.
-    p = theory.predict("relu", "kaiming_normal", "none", "residual", 16, 128,
-                       mnist1d.num_features, residual_scale=3.0, residual_scaling="rezero")  # fmt: skip
+    p = theory.predict("relu", "kaiming_normal", "none", "residual", 16, 128, mnist1d.num_features,
+                       residual_scale=3.0, residual_scaling="rezero")  # fmt: skip
     assert p.log10_rate == 0.0 and p.chi == 1.0
 
 
@@ -375,7 +375,8 @@ def test_decay_rates_reports_both_measures(mnist1d):
                          summary_column("signal", "log10_rate", "init"): rate + noise,
                          summary_column("weight", "log10_rate", "init"): rate,
                          summary_column("signal", "log10_first_last", "init"): 15 * rate,
-                         summary_column("signal", "first_last_censored", "init"): False})  # fmt: skip
+                         summary_column("signal", "first_last_censored", "init"): False,
+                         })  # fmt: skip
     table = analyze.decay_rates(pd.DataFrame(rows), {"mnist1d": mnist1d.num_features})
     a, b = table.set_index("cell_id").loc["a"], table.set_index("cell_id").loc["b"]
     assert a["theory_rate"] == pytest.approx(0.0, abs=1e-12)

@@ -72,7 +72,7 @@ TUNED = {"train": AXES, "regularize": outcomes.FRAME_KEYS["regularize"],
 
 def decay_rates(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataFrame:
     """Per cell (all seeds), the measured rates at init beside the mean-field prediction."""
-    runs = _with_scaling(runs)
+    runs = outcomes.with_branch(runs)
     ok = runs[runs["status"] != Status.failed]
     rows = []
     for (sweep, cell), group in ok.groupby(["sweep", "cell_id"], observed=True, sort=True):
@@ -166,16 +166,6 @@ def _explicit_variances(run: pd.Series) -> dict[str, float]:
     return {k: float(run[k]) for k in EXPLICIT if k in run.index and pd.notna(run[k])}
 
 
-def _with_scaling(runs: pd.DataFrame) -> pd.DataFrame:
-    """runs.parquet with ``outcomes.run_values``'s ``scaling`` axis where it lacks it (AXES
-    has it): the residual scaling, "none" for nets without a residual skip."""
-    if "scaling" in runs.columns:
-        return runs
-    scaling = (runs["residual_scaling"].astype(str) if "residual_scaling" in runs.columns
-               else pd.Series("constant", index=runs.index))  # fmt: skip
-    return runs.assign(scaling=scaling.where(runs["skip"].astype(str) == "residual", "none"))
-
-
 # ------------------------------------------------------------------------- factor effects
 
 INTERACTIONS = [("depth", "skip"), ("activation", "init"), ("norm", "skip")]
@@ -246,7 +236,7 @@ def trainable_depth(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.Data
 def tuned(runs: pd.DataFrame) -> pd.DataFrame:
     """The train sweep's runs at each configuration's best learning rate."""
     train = runs[(runs["sweep"] == "train") & (runs["status"] != Status.failed)]
-    return outcomes.at_best_lr(_with_scaling(train), AXES)
+    return outcomes.at_best_lr(outcomes.with_branch(train), AXES)
 
 
 def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -336,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     num_features = {name: entry["num_features"] for name, entry in manifest.items()}
     everything = runs  # beyond.tables reads its own sweeps, the articles' analysis the rest
     runs, layers, curves = (t[~t["sweep"].isin(beyond.SWEEPS)] for t in (runs, layers, curves))
-    runs = _with_scaling(runs)
+    runs = outcomes.with_branch(runs)
     values = outcomes.run_values(runs, layers, curves, manifest)
     table = hypotheses.table(claims.HYPOTHESES, outcomes.tables(values))
     table["fragile"] = fragile(values, table)

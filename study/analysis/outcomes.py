@@ -128,10 +128,7 @@ def run_values(
     runs = runs.merge(per_run, on=["sweep", "run_name"], how="left")
     runs["val_at_matched_loss"] = runs["val_at_matched_loss"].where(finished)
     runs["family"] = runs["activation"].map(_family_of()).astype("category")
-    residual = runs["skip"].astype(str) == "residual"
-    runs["scaling"] = runs["residual_scaling"].astype(str).where(residual, "none")
-    runs["branch"] = runs["scaling"].map(BRANCH).where(residual, runs["skip"].astype(str))
-    runs["norm_skip"] = runs["norm"].astype(str) + "+" + runs["branch"]
+    runs = with_branch(runs)
     runs["setup"] = runs["optimizer"].astype(str) + np.where(runs["clip_norm"].notna(), "+clip", "")
     regimes = [
         _regime(r.activation, r.init, r.depth, r.width, datasets[str(r.dataset)]["num_features"])
@@ -199,6 +196,22 @@ def _regime(activation: str, init: str, depth: int, width: int, features: int) -
     rate = _rate(activation, init, PHASE_DEPTH, width, features)
     phase = "flat" if abs(rate) <= WELL_INITIALIZED else "vanishing" if rate < 0 else "exploding"
     return quality, phase
+
+
+def with_branch(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the derived axes of a residual branch: ``scaling`` (the residual
+    scaling, "none" without a residual skip), ``branch`` (:data:`BRANCH`, else the skip) and,
+    where the norm is known, ``norm_skip``."""
+    residual = frame["skip"].astype(str) == "residual"
+    if "scaling" not in frame:
+        scaling = (frame["residual_scaling"].astype(str) if "residual_scaling" in frame
+                   else pd.Series("constant", index=frame.index))  # fmt: skip
+        frame = frame.assign(scaling=scaling.where(residual, "none"))
+    frame = frame.assign(branch=frame["scaling"].astype(str).map(BRANCH)
+                         .where(residual, frame["skip"].astype(str)))  # fmt: skip
+    if "norm" in frame:
+        frame = frame.assign(norm_skip=frame["norm"].astype(str) + "+" + frame["branch"])
+    return frame
 
 
 def cells(runs: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
@@ -301,7 +314,9 @@ def lr_range(optim: pd.DataFrame) -> pd.DataFrame:
     best learning rate (:func:`best_lr`)."""
     keys = FRAME_KEYS["lr_range"]
     if optim.empty:
-        return pd.DataFrame(columns=[*keys, "max_stable_log10_lr", "finite", "steps_needed"])
+        return pd.DataFrame(
+            columns=[*keys, "max_stable_log10_lr", "finite", "steps_needed", "reached"]
+        )
     log_lr = np.log10(optim["lr"])
     stable = (optim["status"] == Status.finished) & (optim["accuracy"] >= STABLE_ACCURACY)
     per_seed = (
@@ -311,7 +326,7 @@ def lr_range(optim: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )  # fmt: skip
     grid = cells(per_seed, keys)
-    tuned = cells(at_best_lr(optim, keys), keys)[[*keys, "steps_needed"]]
+    tuned = cells(at_best_lr(optim, keys), keys)[[*keys, "steps_needed", "reached"]]
     return grid.merge(tuned, on=list(keys), how="left")
 
 
@@ -340,4 +355,4 @@ def level_gap(
     top = gains[factor] == frame[factor].max()
     out = gains[top].drop(columns=factor).reset_index(drop=True)
     out["family"] = out["activation"].map(_family_of()) if "activation" in out else np.nan
-    return out
+    return with_branch(out) if "skip" in out else out

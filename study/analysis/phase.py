@@ -70,8 +70,10 @@ def _panels(split: float) -> tuple[np.ndarray, np.ndarray]:
     [0, split], [split, Z_MAX] of each half-line (one panel if split is outside)."""
     edges = [0.0, split, meanfield.Z_MAX] if 0 < split < meanfield.Z_MAX else [0.0, meanfield.Z_MAX]
     x, w = np.polynomial.legendre.leggauss(PAIR_POINTS)
-    z = np.concatenate([lo + (hi - lo) * (x + 1) / 2 for lo, hi in zip(edges, edges[1:])])
-    wz = np.concatenate([(hi - lo) / 2 * w for lo, hi in zip(edges, edges[1:])])
+    z = np.concatenate(
+        [lo + (hi - lo) * (x + 1) / 2 for lo, hi in zip(edges, edges[1:], strict=False)]
+    )
+    wz = np.concatenate([(hi - lo) / 2 * w for lo, hi in zip(edges, edges[1:], strict=False)])
     wz = wz * np.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
     return np.concatenate([-z[::-1], z]), np.concatenate([wz[::-1], wz])
 

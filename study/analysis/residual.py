@@ -60,7 +60,8 @@ N(0, sigma_h^2 / n) entries) on e_1 = 1/sqrt(n) and e_2 = (x_L - m 1)/|x_L - m 1
 (sigma_h / sqrt(n)) omega_k and (sigma_h / sqrt(n)) eta_k: omega, eta iid N(0, 1), the logits
 sigma_h (m omega + sqrt(v - m^2) eta) + b, and the rest of w_k independent of r. Then
 
-    E[g g'] = (sigma_h^2 / n) E|r|^2 [I + D_oo e_1 e_1' + D_oe (e_1 e_2' + e_2 e_1') + D_ee e_2 e_2'],
+    E[g g'] = (sigma_h^2 / n) E|r|^2
+              [I + D_oo e_1 e_1' + D_oe (e_1 e_2' + e_2 e_1') + D_ee e_2 e_2'],
 
 D_oo = E[(r.omega)^2] / E|r|^2 - 1, D_oe = E[(r.omega)(r.eta)] / E|r|^2,
 D_ee = E[(r.eta)^2] / E|r|^2 - 1 (all 0 if r ignored the logits). Since

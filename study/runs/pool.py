@@ -184,19 +184,7 @@ class Pool:
         yield ``(task index, kind, value)`` as each ends: ``ok`` (value: the result),
         ``raised`` (the exception it raised) or ``died`` (a :class:`WorkerDied`)."""
         pending = deque(enumerate(tasks))
-
-        def assign() -> None:
-            for worker in self.workers:
-                if not pending:
-                    return
-                if worker.task is None:
-                    worker.task, task = pending.popleft()
-                    try:
-                        worker.conn.send(task)
-                    except OSError:
-                        pass  # it died: its sentinel says so below, and the task fails
-
-        assign()
+        self._assign(pending)
         while busy := [w for w in self.workers if w.task is not None]:
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
             for worker in busy:
@@ -210,13 +198,29 @@ class Pool:
                     raise RuntimeError(f"a pool worker failed to start:\n{message[1]}")
                 else:
                     yield index, *message
-            # A worker that answered and then died must not be handed a task. (A busy one
-            # that died is seen through its sentinel, next round, and fails its task.)
-            for worker in [w for w in self.workers if w.task is None and not w.process.is_alive()]:
-                self._bury(worker)
-            while pending and len(self.workers) < self.size:
-                self._start()
-            assign()
+            self._replenish(pending)
+            self._assign(pending)
+
+    def _assign(self, pending: deque) -> None:
+        """Hand the next pending tasks to the idle workers."""
+        for worker in self.workers:
+            if not pending:
+                return
+            if worker.task is None:
+                worker.task, task = pending.popleft()
+                try:
+                    worker.conn.send(task)
+                except OSError:
+                    pass  # it died: its sentinel says so, and the task fails
+
+    def _replenish(self, pending: deque) -> None:
+        """Bury idle workers that died and start new ones while tasks are pending. A worker
+        that answered and then died must not be handed a task (a busy one that died is seen
+        through its sentinel, next round, and fails its task)."""
+        for worker in [w for w in self.workers if w.task is None and not w.process.is_alive()]:
+            self._bury(worker)
+        while pending and len(self.workers) < self.size:
+            self._start()
 
     @staticmethod
     def _receive(worker: _Worker) -> tuple[str, Any] | None:
