@@ -20,13 +20,13 @@ from .conftest import CONF, ROOT
 
 # The grid sizes of the presets (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
-    "standard": {"init": 12_600, "train": 6_048, "optim": 1_440, "scale": 640, "theory": 336,
-                 "regularize": 1_080, "curriculum": 1_920, "phase": 88, "width": 48,
+    "standard": {"init": 11_592, "train": 6_048, "optim": 2_592, "scale": 640, "theory": 336,
+                 "regularize": 648, "curriculum": 1_728, "phase": 88, "width": 48,
                  "jacobian": 36},
     "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12, "regularize": 16,
               "curriculum": 16, "phase": 6, "width": 8, "jacobian": 4},
-    "full": {"init": 53_760, "train": 60_480, "optim": 2_160, "scale": 6_400, "theory": 5_760,
-             "regularize": 30_000, "curriculum": 33_600, "phase": 480, "width": 360,
+    "full": {"init": 80_640, "train": 20_160, "optim": 6_480, "scale": 6_400, "theory": 5_760,
+             "regularize": 18_000, "curriculum": 40_320, "phase": 480, "width": 360,
              "jacobian": 210},
 }  # fmt: skip
 PRESETS = [(profile, sweep) for profile in CELLS for sweep in SWEEPS]
