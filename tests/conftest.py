@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,8 @@ CONF = ROOT / "conf"
 # run on alone at the end while the other worker idles. The sort is stable: each module's
 # tests keep their order, which the pipeline's tests rely on.
 LONGEST_FIRST = (
-    "test_pipeline", "test_sweeps", "test_slurm", "test_train", "test_tracking_server",
-    "test_stack",
+    "test_tracking_server", "test_sweeps", "test_sweeps_workers", "test_pipeline",
+    "test_slurm", "test_train", "test_stack",
 )  # fmt: skip
 
 
@@ -77,6 +79,30 @@ def workdir(tmp_path, prepared) -> Path:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "prepared").symlink_to(prepared)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, its tables made once per test process: creating them
+    (MLflow's ~50 migrations) costs seconds each time a fresh project's first run does it."""
+    from mlflow.tracking import MlflowClient
+
+    where = tmp_path_factory.mktemp("mlflow-template")
+    MlflowClient(f"sqlite:///{where / 'mlflow.db'}").search_experiments()
+    return where / "mlflow.db"
+
+
+@pytest.fixture
+def stored(workdir, mlflow_template) -> Path:
+    """``workdir`` with an empty MLflow store already made where the default config looks:
+    for tests of sweeps and runs, not of creating a store (those use ``workdir``)."""
+    # SQLite's backup, not a file copy: the store may keep its last writes in a WAL file.
+    with (
+        closing(sqlite3.connect(mlflow_template)) as src,
+        closing(sqlite3.connect(workdir / "mlflow.db")) as dst,
+    ):
+        src.backup(dst)
+    return workdir
 
 
 def train(workdir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
