@@ -92,16 +92,19 @@ def mlflow_template(tmp_path_factory) -> Path:
     return where / "mlflow.db"
 
 
+def empty_store(template: Path, where: Path) -> Path:
+    """A copy of the empty MLflow store ``template`` at ``where`` (SQLite's backup, not a file
+    copy: the store may keep its last writes in a WAL file)."""
+    with closing(sqlite3.connect(template)) as src, closing(sqlite3.connect(where)) as dst:
+        src.backup(dst)
+    return where
+
+
 @pytest.fixture
 def stored(workdir, mlflow_template) -> Path:
     """``workdir`` with an empty MLflow store already made where the default config looks:
     for tests of sweeps and runs, not of creating a store (those use ``workdir``)."""
-    # SQLite's backup, not a file copy: the store may keep its last writes in a WAL file.
-    with (
-        closing(sqlite3.connect(mlflow_template)) as src,
-        closing(sqlite3.connect(workdir / "mlflow.db")) as dst,
-    ):
-        src.backup(dst)
+    empty_store(mlflow_template, workdir / "mlflow.db")
     return workdir
 
 

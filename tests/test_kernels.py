@@ -13,7 +13,6 @@ from study.engine import kernels
 
 from .conftest import subprocess_env
 
-
 STRICT_MODE = """
 import ctypes, study, torch
 from study.engine import kernels
