@@ -116,11 +116,16 @@ def train(workdir: Path, *overrides: str, timeout: float = 600) -> subprocess.Co
     )  # fmt: skip
 
 
-def swept_project(tmp_path_factory, prepared, name: str, *args: str) -> Path:
-    """A project folder with the prepared data, after ``python -m study.train`` ``args``."""
+def swept_project(
+    tmp_path_factory, prepared, name: str, *args: str, store: Path | None = None
+) -> Path:
+    """A project folder with the prepared data, after ``python -m study.train`` ``args``;
+    its MLflow store a copy of ``store`` (an empty one: ``mlflow_template``) if given."""
     workdir = tmp_path_factory.mktemp(name)
     (workdir / "data").mkdir()
     (workdir / "data" / "prepared").symlink_to(prepared)
+    if store is not None:
+        empty_store(store, workdir / "mlflow.db")
     proc = train(workdir, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
