@@ -36,6 +36,14 @@ LONGEST_FIRST = (
 )  # fmt: skip
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each xdist worker, as a sweep runs its cells (one single-threaded
+    worker per core, train.threads=1): two workers of two threads each on two cores spin
+    against each other (measured: the numeric pass took several times its CPU time)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
