@@ -30,9 +30,9 @@ CONF = ROOT / "conf"
 # default it hands out the files with the most tests first, which are quick ones here). The
 # sort is stable: each module's tests keep their order, which the pipeline's tests rely on.
 LONGEST_FIRST = (
-    "test_tracking_server", "test_pipeline", "test_sweeps_workers", "test_bad_input",
-    "test_sweeps", "test_jacobian", "test_benchmarks", "test_ui", "test_mlflow_records",
-    "test_train", "test_slurm", "test_bulk_sweep", "test_publish", "test_stack", "test_memory",
+    "test_tracking_server", "test_pipeline", "test_sweeps_workers", "test_mlflow_records",
+    "test_sweeps", "test_bad_input", "test_jacobian", "test_ui", "test_benchmarks",
+    "test_bulk_sweep", "test_train", "test_slurm", "test_publish", "test_stack", "test_memory",
 )  # fmt: skip
 
 
