@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,14 +23,25 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
 
-# The longest modules first (measured: pipeline ~190 s, sweeps ~175 s, train ~95 s of a
-# ~400 s suite): with a file per worker (`make test`), a long module handed out last would
-# run on alone at the end while the other worker idles. The sort is stable: each module's
-# tests keep their order, which the pipeline's tests rely on.
+# The longest modules first (measured on 2 cores: the tracking server ~4 min, the pipeline
+# and each half of the sweeps 2-3 min, a ~100 s reference table in test_jacobian): with a
+# file per worker (`make test`), a long module handed out last would run on alone at the end
+# while the other worker idles. xdist keeps this order with --no-loadscope-reorder (by
+# default it hands out the files with the most tests first, which are quick ones here). The
+# sort is stable: each module's tests keep their order, which the pipeline's tests rely on.
 LONGEST_FIRST = (
-    "test_pipeline", "test_sweeps", "test_slurm", "test_train", "test_tracking_server",
-    "test_stack",
+    "test_tracking_server", "test_pipeline", "test_sweeps_workers", "test_mlflow_records",
+    "test_sweeps", "test_bad_input", "test_jacobian", "test_ui", "test_benchmarks",
+    "test_bulk_sweep", "test_train", "test_slurm", "test_publish", "test_stack", "test_memory",
 )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each xdist worker, as a sweep runs its cells (one single-threaded
+    worker per core, train.threads=1): two workers of two threads each on two cores spin
+    against each other (measured: the numeric pass took several times its CPU time)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -79,6 +92,33 @@ def workdir(tmp_path, prepared) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, its tables made once per test process: creating them
+    (MLflow's ~50 migrations) costs seconds each time a fresh project's first run does it."""
+    from mlflow.tracking import MlflowClient
+
+    where = tmp_path_factory.mktemp("mlflow-template")
+    MlflowClient(f"sqlite:///{where / 'mlflow.db'}").search_experiments()
+    return where / "mlflow.db"
+
+
+def empty_store(template: Path, where: Path) -> Path:
+    """A copy of the empty MLflow store ``template`` at ``where`` (SQLite's backup, not a file
+    copy: the store may keep its last writes in a WAL file)."""
+    with closing(sqlite3.connect(template)) as src, closing(sqlite3.connect(where)) as dst:
+        src.backup(dst)
+    return where
+
+
+@pytest.fixture
+def stored(workdir, mlflow_template) -> Path:
+    """``workdir`` with an empty MLflow store already made where the default config looks:
+    for tests of sweeps and runs, not of creating a store (those use ``workdir``)."""
+    empty_store(mlflow_template, workdir / "mlflow.db")
+    return workdir
+
+
 def train(workdir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m study.train ...`` in ``workdir``, as a user would type it."""
     return subprocess.run(
@@ -87,11 +127,16 @@ def train(workdir: Path, *overrides: str, timeout: float = 600) -> subprocess.Co
     )  # fmt: skip
 
 
-def swept_project(tmp_path_factory, prepared, name: str, *args: str) -> Path:
-    """A project folder with the prepared data, after ``python -m study.train`` ``args``."""
+def swept_project(
+    tmp_path_factory, prepared, name: str, *args: str, store: Path | None = None
+) -> Path:
+    """A project folder with the prepared data, after ``python -m study.train`` ``args``;
+    its MLflow store a copy of ``store`` (an empty one: ``mlflow_template``) if given."""
     workdir = tmp_path_factory.mktemp(name)
     (workdir / "data").mkdir()
     (workdir / "data" / "prepared").symlink_to(prepared)
+    if store is not None:
+        empty_store(store, workdir / "mlflow.db")
     proc = train(workdir, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir

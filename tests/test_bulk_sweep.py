@@ -14,7 +14,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from study import records
 from study.tracking import cell_runs
 
-from .conftest import train
+from .conftest import empty_store, train
 from .test_bulk import VARIES, assert_same_rows, row_counts
 
 pytestmark = pytest.mark.slow  # two sweeps: ~50 s on 2 cores
@@ -37,10 +37,10 @@ def without(record: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
     return record
 
 
-def test_a_sweep_with_bulk_off_records_and_logs_what_the_default_does(workdir):
+def test_a_sweep_with_bulk_off_records_and_logs_what_the_default_does(workdir, mlflow_template):
     found = {}
     for path, extra in (("bulk", ()), ("client", ("tracking.bulk=false",))):
-        uri = f"sqlite:///{workdir / path}.db"
+        uri = f"sqlite:///{empty_store(mlflow_template, workdir / f'{path}.db')}"
         proc = train(workdir, *SWEEP, f"hydra.sweep.dir={workdir / path}",
                      f"tracking.uri={uri}", *extra)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,8 +13,6 @@ from study.engine import kernels
 
 from .conftest import subprocess_env
 
-pytestmark = pytest.mark.numeric
-
 STRICT_MODE = """
 import ctypes, study, torch
 from study.engine import kernels
@@ -54,6 +52,7 @@ def test_mkl_used_before_the_study_is_imported_is_reported():
     assert "MKL ran before the study could set MKL_CBWR=AUTO,STRICT" in proc.stderr
 
 
+@pytest.mark.numeric  # the bits depend on the CPU's kernels: make test runs it on each
 def test_each_slice_of_a_batched_product_equals_its_product_alone():
     # 1,077 examples x 10 classes: every other net's slice of the output starts 8 bytes past
     # a 64-byte line, the case where MKL's default mode gave other bits (a record's

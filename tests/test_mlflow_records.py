@@ -35,10 +35,11 @@ def ms(stamp: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, prepared) -> Path:
+def swept(tmp_path_factory, prepared, mlflow_template) -> Path:
     """A project folder after ``python -m study.train -m +sweep=smoke`` (16 cells: probe
     only and trained, plain and residual)."""
-    return swept_project(tmp_path_factory, prepared, "records", "-m", "+sweep=smoke")
+    return swept_project(tmp_path_factory, prepared, "records", "-m", "+sweep=smoke",
+                         store=mlflow_template)  # fmt: skip
 
 
 def client(workdir: Path) -> MlflowClient:

@@ -27,8 +27,6 @@ from study.engine.stack import Stack
 
 from .conftest import compose_config
 
-pytestmark = pytest.mark.numeric  # run again under other CPU capabilities: make test
-
 GRID = list(itertools.product(Activation, Init, Norm, Skip))
 
 
@@ -87,6 +85,7 @@ def linear_weights(model: nets.MLP) -> list[torch.Tensor]:
     return [model.stem.weight] + [b.linear.weight for b in model.blocks] + [model.head.weight]
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 @pytest.mark.parametrize(
     ("init", "expected"),
     [
@@ -111,12 +110,14 @@ def test_init_gives_the_stated_weight_variance(init, expected):
             assert torch.count_nonzero(block.linear.bias) == 0
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 def test_kaiming_uses_the_activation_negative_slope():
     cfg = ModelConfig(depth=2, width=512, activation=Activation.prelu, init=Init.kaiming_normal)
     w = nets.build(40, 10, cfg, 0).blocks[0].linear.weight
     assert w.shape[1] * w.var().item() == pytest.approx(2 / (1 + 0.25**2), rel=0.05)
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 def test_highway_gate_starts_closed_and_dense_grows():
     cfg = ModelConfig(depth=3, width=16, skip=Skip.highway)
     model = nets.build(40, 10, cfg, 0)
@@ -130,6 +131,7 @@ def test_highway_gate_starts_closed_and_dense_grows():
     assert out.shape == (5, 10)
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 def test_residual_layer_adds_the_scaled_branch():
     cfg = ModelConfig(depth=1, width=8, skip=Skip.residual)
     cfg.residual.scale = 0.5
@@ -138,6 +140,7 @@ def test_residual_layer_adds_the_scaled_branch():
     assert torch.allclose(layer(x), x + 0.5 * layer.block(x))
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 @pytest.mark.parametrize("init", EXPLICIT_INITS)
 def test_explicit_variance_inits_give_the_configured_variances(init):
     cfg = ModelConfig(depth=4, width=256, activation=Activation.tanh, init=init)
@@ -158,6 +161,7 @@ def test_explicit_variance_inits_give_the_configured_variances(init):
         assert nets.sigma_w2(init, cfg.activation, 40, 256, explicit=1.7) == 1.7 * 40 / 256
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 @pytest.mark.parametrize("init", EXPLICIT_INITS)
 def test_nets_of_a_variance_grid_share_their_noise(init):
     def draw(sigma_w2: float, sigma_b2: float) -> dict[str, torch.Tensor]:
@@ -175,6 +179,7 @@ def test_nets_of_a_variance_grid_share_their_noise(init):
             assert torch.count_nonzero(flat[name]) == 0 and torch.count_nonzero(a[name]) > 0
 
 
+@pytest.mark.numeric  # initial draws: PyTorch samples by instruction set (make test)
 def test_explicit_variances_are_set_with_the_inits_that_read_them_and_only_there():
     def refusal(**model) -> ConfigError:
         cfg = Config(run_name="x")

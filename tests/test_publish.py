@@ -15,7 +15,7 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from .conftest import subprocess_env
+from .conftest import empty_store, subprocess_env
 
 pytestmark = pytest.mark.slow  # subprocesses
 
@@ -46,7 +46,8 @@ def project(tmp_path) -> Path:
     return tmp_path
 
 
-def test_the_study_run_carries_the_paper_figures_and_verdicts(project):
+def test_the_study_run_carries_the_paper_figures_and_verdicts(project, mlflow_template):
+    empty_store(mlflow_template, project / "mlflow.db")  # made once per test process
     proc = publish(project, "--profile", "quick")
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((project / "results" / "publish" / "study_run.json").read_text())

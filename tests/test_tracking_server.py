@@ -45,7 +45,7 @@ from study.tracking import cell_runs, mirror
 
 from .conftest import ROOT, subprocess_env, train
 from .test_runlog import assert_same_runs, config, mixed_group
-from .test_sweeps import check_one_run_per_cell
+from .test_sweeps import SMOKE_CELLS, check_one_run_per_cell
 
 pytestmark = pytest.mark.slow
 
@@ -244,10 +244,14 @@ def test_smoke_sweep_with_two_workers_reaches_the_postgres_backed_server(
     workdir, mlflow_server, researcher, monkeypatch
 ):
     sign_in(monkeypatch, researcher)  # the workers inherit it; check_one_run_per_cell reads
+    # Four cells (probe-only and trained, plain and residual): each a run over HTTP.
     proc = train(workdir, "-m", "+sweep=smoke", "tracking=server",
-                 f"tracking.uri={mlflow_server}", "hydra.launcher.n_jobs=2")  # fmt: skip
+                 f"tracking.uri={mlflow_server}", "hydra.launcher.n_jobs=2",
+                 "model.depth=2", "model.activation=relu")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_one_run_per_cell(workdir, workdir / "multirun" / "smoke", mlflow_server, "smoke")
+    check_one_run_per_cell(
+        workdir, workdir / "multirun" / "smoke", mlflow_server, "smoke", cells=SMOKE_CELLS // 4
+    )
     assert not (workdir / "mlflow.db").exists()  # nothing went to a local store
 
 

@@ -79,10 +79,11 @@ def ui(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, prepared) -> Path:
+def store(tmp_path_factory, prepared, mlflow_template) -> Path:
     """A project folder after ``python -m study.train -m +sweep=quick/init`` (64 cells) and
     a train sweep, :data:`TRAIN_SWEEP` (8 cells), in the same store."""
-    workdir = swept_project(tmp_path_factory, prepared, "ui", "-m", "+sweep=quick/init")
+    workdir = swept_project(tmp_path_factory, prepared, "ui", "-m", "+sweep=quick/init",
+                            store=mlflow_template)  # fmt: skip
     proc = train(workdir, "-m", *TRAIN_SWEEP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
