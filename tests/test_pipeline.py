@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from study import records
 from study.analysis import collect
 from study.analysis.verdicts import VERDICTS
+from study.profiles import SWEEPS
 
 from .conftest import ROOT, subprocess_env
 
@@ -39,21 +40,9 @@ QUICK = {
     "width": 8,
     "jacobian": 4,
 }  # conf/sweep/quick/*.yaml
-STAGES = (
-    "prepare",
-    "sweep@init",
-    "sweep@train",
-    "sweep@optim",
-    "sweep@scale",
-    "sweep@theory",
-    "sweep@regularize",
-    "sweep@curriculum",
-    "collect",
-    "analyze",
-    "figures",
-    "report",
-    "publish",
-)
+# dvc.yaml's stages in the order DVC runs them: one sweep stage per sweep of the profile.
+STAGES = ("prepare", *(f"sweep@{name}" for name in SWEEPS), "collect", "analyze", "figures",
+          "report", "publish")  # fmt: skip
 
 
 def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
