@@ -282,7 +282,10 @@ def test_a_killed_sweeps_array_blocks_its_resubmission_until_it_ends(workdir, cl
     in one line naming the array, with nothing queued; once the array has ended (its tasks
     record their cells), the resubmission completes the sweep, one run per cell."""
     sweep_dir = workdir / "multirun" / "smoke"
-    proc = submit(workdir, cluster, *GROUPED, "hydra.launcher.array_parallelism=1")
+    # Long enough cells that the array is still running when the sweep is resubmitted, on a
+    # busy machine too (at 20 steps it could end first, and the resubmission skip them all).
+    slow = (*GROUPED[:-2], "train.steps=1500", GROUPED[-1])
+    proc = submit(workdir, cluster, *slow, "hydra.launcher.array_parallelism=1")
     array = running_array(proc, cluster, sweep_dir)
     proc.kill()
     proc.wait()
@@ -291,7 +294,7 @@ def test_a_killed_sweeps_array_blocks_its_resubmission_until_it_ends(workdir, cl
     arrays = set(listed.split())
     submitted = sorted((sweep_dir / ".submitit").iterdir())
 
-    again = subprocess.run(sweep_command(*GROUPED), cwd=workdir, capture_output=True,
+    again = subprocess.run(sweep_command(*slow), cwd=workdir, capture_output=True,
                            text=True, env={**subprocess_env(), **cluster})  # fmt: skip
     assert again.returncode == 2, again.stderr[-3000:]
     [line] = again.stderr.strip().splitlines()
@@ -307,7 +310,7 @@ def test_a_killed_sweeps_array_blocks_its_resubmission_until_it_ends(workdir, cl
     while queue(cluster, array):
         assert time.monotonic() < deadline, "the killed sweep's array did not end"
         time.sleep(0.5)
-    out = finish(submit(workdir, cluster, *GROUPED))
+    out = finish(submit(workdir, cluster, *slow))
     assert "0 finished, 0 diverged, 0 failed, 6 skipped" in out, out
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     check_one_run_per_cell(workdir, sweep_dir, uri, "smoke", cells=6)

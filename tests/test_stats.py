@@ -19,15 +19,23 @@ def test_t_interval_is_the_student_interval_and_needs_two_values():
     assert one.estimate == 5.0 and np.isnan(one.low) and np.isnan(one.high)
 
 
-def test_t_test_matches_scipy_and_handles_constant_units():
+def test_unit_test_matches_scipy_and_handles_constant_units():
     rng = np.random.default_rng(5)
     x = rng.normal(0.3, 1.0, 12)
-    ours = stats.t_test(x, null=0.1)
+    ours = stats.UnitTest.of(x)
     theirs = scipy_stats.ttest_1samp(x, 0.1)
-    assert ours.pvalue == pytest.approx(theirs.pvalue) and ours.df == 11 and ours.n == 12
-    assert stats.t_test([0.5, 0.5, 0.5]).pvalue == 0.0  # exact, off the null
-    assert stats.t_test([0.0, 0.0]).pvalue == 1.0  # exact, on it
-    assert np.isnan(stats.t_test([1.0]).pvalue)
+    assert ours.p_two_sided(0.1) == pytest.approx(theirs.pvalue) and ours.df == 11
+    assert ours.p_above(0.1) == pytest.approx(theirs.pvalue / 2)  # the mean is above 0.1
+    assert stats.UnitTest.of([0.5, 0.5, 0.5]).p_above(0.0) == 0.0  # exact, off the null
+    assert stats.UnitTest.of([0.0, 0.0]).p_above(0.0) == 1.0  # exact, on it
+    assert np.isnan(stats.UnitTest.of([1.0]).p_above(0.0))
+
+
+def test_a_cluster_test_averages_each_cluster_first():
+    values = pd.Series([1.0, 3.0, 10.0, 2.0])
+    clusters = pd.Series(["a", "a", "b", "c"])
+    test = stats.cluster_test(values, clusters)
+    assert (test.n, test.df) == (3, 2) and test.estimate == pytest.approx((2.0 + 10.0 + 2.0) / 3)
 
 
 def test_slope_test_recovers_a_known_slope_and_tests_against_a_null():
@@ -35,8 +43,9 @@ def test_slope_test_recovers_a_known_slope_and_tests_against_a_null():
     x = np.repeat([1.0, 2.0], 6)
     y = 0.4 * x + rng.normal(0, 0.01, 12)
     fit = stats.slope_test(x, y)
-    assert fit.effect.low < 0.4 < fit.effect.high and fit.pvalue < 1e-6 and fit.df == 10
-    assert stats.slope_test(x, y, null=0.4).pvalue > 0.01
+    iv = fit.interval()
+    assert iv.low < 0.4 < iv.high and fit.p_two_sided(0.0) < 1e-6 and fit.df == 10
+    assert fit.p_two_sided(0.4) > 0.01
 
 
 def test_holm_matches_a_hand_computed_example():

@@ -312,7 +312,7 @@ def test_the_train_view_shows_what_the_sweep_varied(page, server, store, shots):
 
 
 def test_a_train_cell_page_fits_the_window_and_shows_six_digits(page, server, store, shots):
-    record = cells(store, "train")["d4-tanh-kaiming_normal-none-residual-lr0.01-s0"]
+    record = cells(store, "train")["d4-tanh-kaiming_normal-none-residual-constant-lr0.01-s0"]
     info = record["mlflow"]
     page.set_viewport_size({"width": 1280, "height": 800})  # no wider than a laptop's window
     page.goto(f"{server['base']}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}")
@@ -341,7 +341,7 @@ def test_a_train_cell_page_fits_the_window_and_shows_six_digits(page, server, st
 def test_a_run_page_shows_its_params_metrics_tags_description_and_files(page, server, store,
                                                                         shots):  # fmt: skip
     recorded = cells(store)
-    name = "d16-tanh-xavier_normal-batch-residual-s1"
+    name = "d16-tanh-xavier_normal-batch-residual-constant-s1"
     record = recorded[name]
     info = record["mlflow"]
     run_url = f"{server['base']}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}"

@@ -326,7 +326,8 @@ def lr_range(optim: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )  # fmt: skip
     grid = cells(per_seed, keys)
-    tuned = cells(at_best_lr(optim, keys), keys)[[*keys, "steps_needed", "reached"]]
+    tuned = cells(at_best_lr(optim, keys), keys)
+    tuned = tuned[[*keys, *(c for c in ("steps_needed", "reached") if c in tuned)]]
     return grid.merge(tuned, on=list(keys), how="left")
 
 
