@@ -42,7 +42,7 @@ SHAPES = {
 
 
 @pytest.mark.slow
-def test_the_estimate_bounds_the_peak_from_above_within_a_factor_of_three(prepared):
+def test_the_estimate_bounds_the_peak_from_above_within_a_factor_of_four(prepared):
     running = {
         name: subprocess.Popen(
             [
@@ -66,4 +66,4 @@ def test_the_estimate_bounds_the_peak_from_above_within_a_factor_of_three(prepar
         assert proc.returncode == 0, err[-2000:]
         estimate, peak = map(int, out.split())
         print(f"{name}: estimate {estimate / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB")
-        assert peak <= estimate <= 3 * peak, (name, estimate / 1e6, peak / 1e6)
+        assert peak <= estimate <= 4 * peak, (name, estimate / 1e6, peak / 1e6)

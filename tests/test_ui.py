@@ -354,7 +354,9 @@ def test_a_run_page_shows_its_params_metrics_tags_description_and_files(page, se
                      "python -m study.train \\\n  model.depth=16 \\\n  model.width=64 \\\n",
                      "mnist1d", record["cell_key"]):  # fmt: skip
         assert expected in text, expected
-    assert "tracking.experiment" not in text and "run_name" not in text  # knobs only
+    assert "tracking.experiment" not in text  # knobs only, and the cell's name, as the
+    # preset names its cells with their residual scaling, which the default name leaves out
+    assert f"run_name={name}" in text
     page.screenshot(path=str(shots / "mlflow-run.png"), full_page=True)
 
     page.get_by_role("tab", name="Model metrics").click()
