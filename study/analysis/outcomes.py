@@ -201,7 +201,10 @@ def _regime(activation: str, init: str, depth: int, width: int, features: int) -
 def with_branch(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the derived axes of a residual branch: ``scaling`` (the residual
     scaling, "none" without a residual skip), ``branch`` (:data:`BRANCH`, else the skip) and,
-    where the norm is known, ``norm_skip``."""
+    where the norm is known, ``norm_skip``. A frame that has them already is returned as it
+    is (analyze's entry derives them once; the tables it hands on call this again)."""
+    if {"scaling", "branch"} <= set(frame) and ("norm" not in frame or "norm_skip" in frame):
+        return frame
     residual = frame["skip"].astype(str) == "residual"
     if "scaling" not in frame:
         scaling = (frame["residual_scaling"].astype(str) if "residual_scaling" in frame
