@@ -14,6 +14,7 @@ import pytest
 
 from study.config import MAX_SEED, ConfigError, validate
 from study.engine import memory
+from study.runs import train
 from study.tracking import uri
 
 from .conftest import compose_config, subprocess_env
@@ -169,9 +170,29 @@ def test_ctrl_c_ends_a_run_or_a_sweep_with_one_line(workdir, sweep):
         time.sleep(0.2)
     time.sleep(3)  # training
     os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:  # a run that ignored Ctrl-C must not train on after the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr + stdout
     assert [line for line in stderr.splitlines() if line.strip()] == [
         "study.train: interrupted; what was recorded before stays, nothing is half-written"
     ]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the unprotected call
+def test_an_interrupt_lost_in_a_garbage_collection_callback_is_raised_again():
+    class CollectedDuringCtrlC:
+        def __del__(self):
+            raise KeyboardInterrupt  # where the signal lands if it comes mid-collection
+
+    def work():
+        CollectedDuringCtrlC()  # collected at once; Python alone would print and go on
+        time.sleep(2)  # the interrupted code, which must not run to its end
+        return "ran to its end"
+
+    assert work() == "ran to its end"  # unprotected, the interrupt is lost
+    with pytest.raises(KeyboardInterrupt), train.interrupts_never_lost():
+        work()

@@ -12,13 +12,16 @@ nothing written; 130 when interrupted. Every error is one line.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import logging
 import os
 import re
 import shutil
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -152,13 +155,37 @@ def clean_credentials(argv: list[str]) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def interrupts_never_lost() -> Iterator[None]:
+    """Ctrl-C that arrives while a garbage-collection callback runs (SQLAlchemy's, under
+    MLflow) is raised inside that callback, where Python prints "Exception ignored" and
+    drops it: the run then trained on to its last step. Here such an interrupt is raised
+    again in the code the collector interrupted."""
+    before = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # As if the signal came again, from a thread: raised now, it would be raised in
+            # this hook and dropped the same way; a moment later the callback is done.
+            threading.Timer(0.05, _thread.interrupt_main).start()
+        else:
+            before(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = before
+
+
 def cli(main: Callable[[], Any]) -> None:
     """Run ``main`` (the Hydra app) with every error in one line and a true exit status."""
     # Hydra prints errors over several lines plus a hint; we report them ourselves in one.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         sys.argv[1:] = clean_credentials(sys.argv[1:])
-        main()
+        with interrupts_never_lost():
+            main()
     except KeyboardInterrupt:
         fail(130, "interrupted; what was recorded before stays, nothing is half-written")
     except (ConfigError, ConfigCompositionException, OmegaConfBaseException) as exc:
