@@ -182,7 +182,7 @@ def test_ctrl_c_ends_a_run_or_a_sweep_with_one_line(workdir, sweep):
     ]
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the unprotected call
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # unprotected
 def test_an_interrupt_lost_in_a_garbage_collection_callback_is_raised_again():
     class CollectedDuringCtrlC:
         def __del__(self):
