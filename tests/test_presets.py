@@ -20,7 +20,7 @@ from .conftest import CONF, ROOT
 
 # The grid sizes of the presets (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
-    "standard": {"init": 11_592, "train": 6_048, "optim": 2_592, "scale": 640, "theory": 336,
+    "standard": {"init": 11_592, "train": 2_904, "optim": 1_728, "scale": 640, "theory": 336,
                  "regularize": 648, "curriculum": 1_728, "phase": 88, "width": 48,
                  "jacobian": 36},
     "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12, "regularize": 16,
