@@ -87,7 +87,7 @@ ui: $(STAMP)
 # test by test (they share no state across tests).
 CPU_CAPABILITIES := default avx2
 test: setup
-	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=15
 	@for cap in $(CPU_CAPABILITIES); do \
 	  echo "numeric tests with ATEN_CPU_CAPABILITY=$$cap"; \
 	  ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -n auto --dist load -q -m "numeric and not slow" \

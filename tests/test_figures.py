@@ -233,3 +233,39 @@ def test_tuned_sweeps_are_drawn_at_each_configurations_chosen_rate():
     drawn = kept[kept["sweep"] == "train"]
     assert len(drawn) == len(train) and (drawn["lr"] == 0.01).all()  # the rate chosen
     assert (kept["sweep"] == "optim").sum() == len(train)  # sweeps of one rate untouched
+
+
+def test_rate_heatmaps_draw_each_cells_mean_on_one_scale_centred_at_zero():
+    from matplotlib.collections import QuadMesh
+
+    from study.report import figures_analysis
+
+    rows = [
+        {
+            "sweep": "init",
+            "depth": depth,
+            "norm": "none",
+            "skip": skip,
+            "activation": act,
+            "init": init,
+            "signal_rate": rate,
+        }
+        for depth in (4, 64)
+        for skip, act, init, rate in [
+            ("none", "tanh", "xavier_normal", -0.08),
+            ("none", "relu", "kaiming_normal", 0.0),
+            ("residual", "tanh", "xavier_normal", 0.04),
+        ]
+    ]
+    rows.append({**rows[-1], "signal_rate": 0.02})  # a second seed: the panel shows the mean
+    fig = figures_analysis.rate_heatmaps(pd.DataFrame(rows))
+    meshes = [ax.collections[0] for ax in fig.axes if ax.collections
+              and isinstance(ax.collections[0], QuadMesh)]  # fmt: skip
+    assert len(meshes) == 2  # one panel per skip
+    plain, residual = (np.ma.filled(m.get_array(), np.nan).reshape(2, 2) for m in meshes)
+    # rows tanh, ReLU; columns Xavier, He (the study's order of levels)
+    assert plain[0, 0] == pytest.approx(-0.08) and plain[1, 1] == 0 and np.isnan(plain[0, 1])
+    assert residual[0, 0] == pytest.approx(0.03) and np.isnan(residual[1, 1])
+    assert {m.norm.vmin for m in meshes} == {-0.08} and {m.norm.vmax for m in meshes} == {0.08}
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"\N{MINUS SIGN}.08", "0", ".03"} <= texts

@@ -25,7 +25,7 @@ CELLS = {
                  "jacobian": 36},
     "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12, "regularize": 16,
               "curriculum": 16, "phase": 6, "width": 8, "jacobian": 4},
-    "full": {"init": 80_640, "train": 20_160, "optim": 6_480, "scale": 6_400, "theory": 5_760,
+    "full": {"init": 80_640, "train": 79_200, "optim": 6_480, "scale": 6_400, "theory": 5_760,
              "regularize": 18_000, "curriculum": 40_320, "phase": 480, "width": 360,
              "jacobian": 210},
 }  # fmt: skip

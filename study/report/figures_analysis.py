@@ -8,6 +8,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -126,8 +128,6 @@ def rate_heatmaps(decay: pd.DataFrame) -> Figure:
                              figsize=(FULL, 0.35 + (0.18 * max(len(acts), 2) + 0.2) * len(norms)
                                       + 0.6 + 0.06 * max(map(len, inits), default=0)))  # fmt: skip
     limit = float(np.nanmax(np.abs(rows["signal_rate"]))) if len(rows) else 1.0
-    scale = Normalize(-limit, limit)
-    image = None
     for i, norm in enumerate(norms):
         for j, skip in enumerate(skips):
             ax = axes[i, j]
@@ -137,19 +137,18 @@ def rate_heatmaps(decay: pd.DataFrame) -> Figure:
                 continue
             grid = (cells.pivot_table(index="activation", columns="init", values="signal_rate",
                                       aggfunc="mean", observed=True)
-                    .reindex(index=acts, columns=inits).to_numpy(dtype=float))  # fmt: skip
-            image = ax.imshow(grid, cmap="RdBu_r", norm=scale, aspect="auto")
-            for (r, c), value in np.ndenumerate(grid):
-                dark = np.isfinite(value) and abs(value) > 0.55 * limit
-                ax.text(c, r, _annotation(value), ha="center", va="center", fontsize=5.5,
-                        color="white" if dark else "black")  # fmt: skip
-            ax.set_xticks(range(len(inits)), [INIT_LABELS[k] for k in inits], rotation=90)
-            ax.set_yticks(range(len(acts)), [label("activation", a) for a in acts])
+                    .reindex(index=acts, columns=inits))  # fmt: skip
+            sns.heatmap(grid, ax=ax, cmap="RdBu_r", vmin=-limit, vmax=limit, cbar=False,
+                        annot=grid.map(_annotation), fmt="", annot_kws={"fontsize": 5.5},
+                        xticklabels=[INIT_LABELS[k] for k in inits],
+                        yticklabels=[label("activation", a) for a in acts])  # fmt: skip
+            ax.set(xlabel="", ylabel="")
             ax.tick_params(length=0)
-            ax.spines[:].set_visible(False)
+            ax.tick_params(axis="x", labelrotation=90)
     facet_labels(axes, [label("norm", n) for n in norms], [label("skip", s) for s in skips])
-    if image is not None:
-        fig.colorbar(image, ax=axes, location="bottom", shrink=0.45, aspect=40, pad=0.02,
+    if len(rows):
+        colours = ScalarMappable(Normalize(-limit, limit), cmap="RdBu_r")  # the panels' one scale
+        fig.colorbar(colours, ax=axes, location="bottom", shrink=0.45, aspect=40, pad=0.02,
                      label="per-layer log10 gradient ratio (decades/layer)")  # fmt: skip
     return fig
 
