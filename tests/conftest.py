@@ -23,16 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
 
-# The longest modules first (measured on 2 cores: the tracking server ~4 min, the pipeline
-# and each half of the sweeps 2-3 min, a ~100 s reference table in test_jacobian): with a
-# file per worker (`make test`), a long module handed out last would run on alone at the end
-# while the other worker idles. xdist keeps this order with --no-loadscope-reorder (by
-# default it hands out the files with the most tests first, which are quick ones here). The
-# sort is stable: each module's tests keep their order, which the pipeline's tests rely on.
+# The longest modules first (measured on 2 cores: the tracking server and the claims' known
+# answers ~4 min each, the pipeline and each half of the sweeps 2-3 min, a ~100 s reference
+# table in test_jacobian): with a file per worker (`make test`), a long module handed out
+# last would run on alone at the end while the other worker idles. xdist keeps this order
+# with --no-loadscope-reorder (by default it hands out the files with the most tests first,
+# which are quick ones here). The sort is stable: each module's tests keep their order,
+# which the pipeline's tests rely on.
 LONGEST_FIRST = (
-    "test_tracking_server", "test_pipeline", "test_sweeps_workers", "test_mlflow_records",
-    "test_sweeps", "test_bad_input", "test_jacobian", "test_ui", "test_benchmarks",
-    "test_bulk_sweep", "test_train", "test_slurm", "test_publish", "test_stack", "test_memory",
+    "test_tracking_server", "test_claims", "test_pipeline", "test_sweeps_workers",
+    "test_mlflow_records", "test_sweeps", "test_bad_input", "test_jacobian", "test_ui",
+    "test_benchmarks", "test_bulk_sweep", "test_train", "test_slurm", "test_publish",
+    "test_stack", "test_memory",
 )  # fmt: skip
 
 
