@@ -21,8 +21,8 @@ from .conftest import CONF, ROOT
 # The grid sizes of the presets (conf/sweep/<profile>/<sweep>.yaml).
 CELLS = {
     "standard": {"init": 11_592, "train": 2_904, "optim": 1_728, "scale": 640, "theory": 336,
-                 "regularize": 648, "curriculum": 1_728, "phase": 88, "width": 48,
-                 "jacobian": 36},
+                 "regularize": 1_080, "curriculum": 2_880, "phase": 88, "width": 48,
+                 "jacobian": 144},
     "quick": {"init": 64, "train": 32, "optim": 8, "scale": 24, "theory": 12, "regularize": 16,
               "curriculum": 16, "phase": 6, "width": 8, "jacobian": 4},
     "full": {"init": 80_640, "train": 79_200, "optim": 6_480, "scale": 6_400, "theory": 5_760,

@@ -17,6 +17,7 @@ would measure the size of the grid.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
+from statsmodels.tools.sm_exceptions import SingularMatrixWarning, ValueWarning
 
 LEVEL = 0.95
 
@@ -192,8 +194,14 @@ def factorial_model(
     terms += [f"C({x}):C({y})" for x, y in interactions if x in used and y in used]
     if not terms or len(data) <= len(terms) + 1:
         return pd.DataFrame(columns=["term", "sum_sq", "df", "F", "pvalue", "partial_eta_sq"])
-    fit = smf.ols(f"{response} ~ {' + '.join(terms)}", data=data).fit()
-    table = anova_lm(fit, typ=2)
+    with warnings.catch_warnings():
+        # The sweeps are unions of grids (an interaction absent where a grid lacks a level):
+        # the design is rank-deficient by construction, and type-II sums of squares are
+        # still defined for every estimable term. Said once here, not per model on stderr.
+        warnings.simplefilter("ignore", SingularMatrixWarning)
+        warnings.simplefilter("ignore", ValueWarning)
+        fit = smf.ols(f"{response} ~ {' + '.join(terms)}", data=data).fit()
+        table = anova_lm(fit, typ=2)
     residual = table.loc["Residual", "sum_sq"]
     table["partial_eta_sq"] = table["sum_sq"] / (table["sum_sq"] + residual)
     table.loc["Residual", "partial_eta_sq"] = np.nan
