@@ -72,3 +72,17 @@ def test_trainable_depth_reads_each_depth_at_its_best_rate():
     worse = train_runs({4: [0.5, 0.5, 0.5]}).assign(lr=0.1)
     [row] = analyze.trainable_depth(pd.concat([runs, better, worse]), {"digits": 64}).itertuples()
     assert pd.isna(row.fails_at) and row.accuracy_by_depth == "0.900,0.903"
+
+
+def test_the_last_quarter_gain_is_read_to_where_each_run_stopped():
+    # Two seeds stopped early at their plateau (step 400 of a 1,000-step budget): the gain is
+    # read from step 300 to 400, not left missing for want of step 1,000.
+    runs = train_runs({4: [0.9, 0.9]}).assign(scaling="none", run_name=["a", "b"], steps=1000)
+    curves = pd.DataFrame([{"sweep": "train", "run_name": name, "step": step,
+                            "val_accuracy": 0.5 + step / 1000 + (0.02 if name == "b" else 0)}
+                           for name in ("a", "b") for step in (100, 200, 300, 400)])  # fmt: skip
+    [row] = analyze.tuning(runs, curves).itertuples()
+    assert row.last_quarter_gain == pytest.approx(0.1) and not row.levelled_off
+    flat = curves.assign(val_accuracy=0.9)
+    [row] = analyze.tuning(runs, flat).itertuples()
+    assert row.last_quarter_gain == 0 and row.levelled_off

@@ -89,9 +89,14 @@ def test_convergence_shares_over_the_target_configurations():
                             "still_improving": [False, False, False, True, True]})  # fmt: skip
     assert tuning.summary(configs) == {"configs": 4, "still_improving": 0.25, "learned": 3,
                                        "interior": pytest.approx(2 / 3)}  # fmt: skip
-    values = render(numbers.TABLE, {"convergence": configs})
+    # the train sweep's (trainability) apart from the sweeps trained for a fixed budget
+    budget = configs.assign(sweep="curriculum", still_improving=True, interior=True)
+    values = render(numbers.TABLE, {"convergence": pd.concat(
+        [configs.assign(sweep="train"), budget], ignore_index=True)})  # fmt: skip
     assert values["StillImprovingPercent"] == "25" and values["StillImprovingFew"] == "0"
     assert values["InteriorPercent"] == "67" and values["InteriorMost"] == "0"
+    assert values["NTargetConfigs"] == values["NTargetConfigsBudget"] == "4"
+    assert values["StillImprovingBudgetPercent"] == values["InteriorBudgetPercent"] == "100"
 
 
 def test_no_prose_is_generated_and_every_macro_of_the_paper_is_defined():

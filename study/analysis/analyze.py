@@ -254,7 +254,7 @@ def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def tuning(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """Per configuration of the train sweep: the rate it is judged at, the mean validation
     accuracy (diverged runs 0) at each rate tried, and, at the chosen rate, the mean gain in
-    validation accuracy of its finished runs over the last quarter of the budget."""
+    validation accuracy of its finished runs over the last quarter of their training."""
     train = runs[(runs["sweep"] == "train") & (runs["status"] != Status.failed)]
     columns = [*AXES, "lr", "val_accuracy", "rates", "val_by_lr", "steps",
                "last_quarter_gain", "levelled_off"]  # fmt: skip
@@ -268,14 +268,16 @@ def tuning(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         include_groups=False,
     ).rename("val_by_lr")  # fmt: skip
     best = best.merge(listed.reset_index(), on=list(AXES))
-    # The validation accuracy of each finished run at its last evaluation and at the one
-    # nearest three quarters of its budget (the runs of tuned(runs), without ranking again).
+    # The validation accuracy of each finished run at its last evaluation -- the budget, or
+    # the plateau where early stopping ended it -- and at the one nearest three quarters of
+    # that (the runs of tuned(runs), without ranking again).
     chosen = train.merge(best[[*AXES, "lr"]], on=[*AXES, "lr"], how="inner")
-    finished = chosen[chosen["status"] == Status.finished][["sweep", "run_name", "steps"]]
-    points = curves.merge(finished, on=["sweep", "run_name"], suffixes=("", "_budget"))
-    points = points.assign(distance=(points["step"] - 0.75 * points["steps_budget"]).abs())
+    finished = chosen[chosen["status"] == Status.finished][["sweep", "run_name"]]
     run = ["sweep", "run_name"]
-    last = points[points["step"] == points["steps_budget"]].set_index(run)["val_accuracy"]
+    points = curves.merge(finished, on=run)
+    end = points.groupby(run)["step"].transform("max")
+    points = points.assign(end=end, distance=(points["step"] - 0.75 * end).abs())
+    last = points[points["step"] == points["end"]].set_index(run)["val_accuracy"]
     early = points.sort_values("distance").drop_duplicates(run).set_index(run)["val_accuracy"]
     gain = (last - early).rename("gain").reset_index().merge(chosen[[*run, *AXES]], on=run)
     per_config = gain.groupby(list(AXES), observed=True)["gain"].mean().rename(

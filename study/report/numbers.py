@@ -104,6 +104,11 @@ def _gap(inputs: dict) -> float:
     return float((plain["train_split_accuracy"] - plain["test_accuracy"]).median())
 
 
+def _converged(convergence: pd.DataFrame, train: bool = True) -> dict[str, float]:
+    """tuning.summary of the train sweep's configurations, or of the other tuned sweeps'."""
+    return tuning.summary(convergence[(convergence["sweep"] == "train") == train])
+
+
 def _activations(runs: pd.DataFrame, sweep: str) -> str:
     present = set(_sweep(runs, sweep)["activation"].astype(str))
     ordered = [a for a in Activation if str(a) in present] if present else []
@@ -188,15 +193,22 @@ TABLE: tuple[Macro, ...] = (
           lambda t: int((_lowest(t) & (t["depth"] >= claims.DEEP)).sum())),
     Macro("DepthDeep", "tuning", lambda t: claims.DEEP),
     Macro("NChosenHighest", "tuning", lambda t: int((t["lr"] == t["lr"].max()).sum())),
-    # convergence in the claims' target strata (study.analysis.tuning)
-    Macro("NTargetConfigs", "convergence", lambda c: tuning.summary(c)["configs"]),
+    # convergence in the claims' target strata (study.analysis.tuning): the train sweep's
+    # (trainability, early stopping at the plateau) apart from the sweeps trained for a
+    # declared budget (regularize, curriculum)
+    Macro("NTargetConfigs", "convergence", lambda c: _converged(c)["configs"]),
     Macro("StillImprovingPercent", "convergence",
-          lambda c: tuning.summary(c)["still_improving"], percent),
+          lambda c: _converged(c)["still_improving"], percent),
     Macro("StillImprovingFew", "convergence",
-          lambda c: tuning.summary(c)["still_improving"] <= 0.10, flag),
-    Macro("NLearnedTargetConfigs", "convergence", lambda c: tuning.summary(c)["learned"]),
-    Macro("InteriorPercent", "convergence", lambda c: tuning.summary(c)["interior"], percent),
-    Macro("InteriorMost", "convergence", lambda c: tuning.summary(c)["interior"] >= 0.95, flag),
+          lambda c: _converged(c)["still_improving"] <= 0.10, flag),
+    Macro("NLearnedTargetConfigs", "convergence", lambda c: _converged(c)["learned"]),
+    Macro("InteriorPercent", "convergence", lambda c: _converged(c)["interior"], percent),
+    Macro("InteriorMost", "convergence", lambda c: _converged(c)["interior"] >= 0.95, flag),
+    Macro("NTargetConfigsBudget", "convergence", lambda c: _converged(c, False)["configs"]),
+    Macro("StillImprovingBudgetPercent", "convergence",
+          lambda c: _converged(c, False)["still_improving"], percent),
+    Macro("InteriorBudgetPercent", "convergence",
+          lambda c: _converged(c, False)["interior"], percent),
     Macro("LearnedAboveChance", "convergence", lambda c: tuning.LEARNED_ABOVE_CHANCE),
     # the verdicts
     Macro("NClaims", "claims", lambda t: len(verdicts.claim_verdicts(t)), count),

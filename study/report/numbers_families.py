@@ -48,6 +48,9 @@ def theory_numbers(rates: pd.DataFrame) -> dict[str, str]:
     out = {
         "NCellsPredicted": number(len(judged)),
         "NCellsAgree": number(int(judged["agrees"].sum())),
+        "NCellsAgreeRatio": number(int(judged["agrees_ratio"].astype(bool).sum())),
+        "RateAbs": number(analyze.RATE_ABS),
+        "RateRelPercent": number(round(100 * analyze.RATE_REL)),
         "AgreementPercent": number(round(100 * analyze.AGREEMENT)),
         "BNChiLarge": number(theory.batchnorm_chi("relu"), 4),
     }
