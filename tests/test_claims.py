@@ -6,6 +6,7 @@ the tests under the null, clustered as the factorial is."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import zlib
 
@@ -475,8 +476,10 @@ def test_the_cluster_test_holds_its_size_where_the_cell_level_one_does_not():
 @pytest.mark.parametrize("side", [0.0, 1.0])
 def test_a_false_decision_is_as_rare_as_the_declared_level(side):
     """On a boundary (d = 0 for superiority, d = margin for equivalence) the wrong decision
-    may be taken at most ALPHA of the time: simulated tables of the C6b shape."""
-    h = c("C6b")
+    may be taken at most ALPHA of the time: simulated tables of the C6b shape. A verdict
+    reads its target rows only, so the secondary strata reported beside them are left out
+    of the 300 tables (2.6 times faster)."""
+    h = dataclasses.replace(c("C6b"), secondary=(), also=())
     rng = np.random.default_rng(3)
     wrong = []
     for _ in range(300):

@@ -118,11 +118,12 @@ def test_stopping_the_parent_stops_its_workers(how):
 
 
 def test_a_killed_worker_fails_only_its_group_and_a_rerun_completes_it(stored):
-    # 4 groups of 3 seeds; the two 2000-step ones go first (one per worker) and take
-    # seconds, so the kill lands in the middle of one.
+    # 4 groups of 3 seeds; the two 6000-step ones go first (one per worker) and take ~10 s,
+    # so the kill lands in the middle of one even when the second worker is slow to start
+    # on a busy machine (at 2000 steps one group once finished before the other began).
     workdir = stored
     args = ["-m", "+sweep=smoke", "model.depth=8", "model.activation=relu", "seed=0,1,2",
-            "train.steps=0,2000"]  # fmt: skip
+            "train.steps=0,6000"]  # fmt: skip
     sweep_dir = workdir / "multirun" / "smoke"
     out, err = workdir / "sweep.out", workdir / "sweep.err"  # files: a full pipe would block
     with out.open("w") as stdout, err.open("w") as stderr:
