@@ -77,19 +77,19 @@ PORT ?= 5000
 ui: $(STAMP)
 	$(PY) -m study.tracking.ui --port $(PORT)
 
-# One pytest worker per core and one more: a third of the suite's time on 2 cores was spent
-# waiting (on squeue, servers, subprocesses starting; 135% of 2 cores busy with one worker
-# per core). Each test file stays on one worker (the pipeline tests share one DVC run of
-# the quick profile), handed out longest first (tests/conftest.py's order; xdist would
-# otherwise start with the files of most tests). `pytest` alone runs them in one process.
+# One pytest worker per core (on 2 cores a third worker raised the suite's CPU time by 27%,
+# contention, for a main pass of 773 s against 826 s with two before fixes worth ~2 min
+# of it: no gain). Each test file stays on one worker (the
+# pipeline tests share one DVC run of the quick profile), handed out longest first
+# (tests/conftest.py's order; xdist would otherwise start with the files of most tests).
+# `pytest` alone runs them in one process.
 # Then the numeric tests again under the CPU capabilities a user's machine may pick
 # instead of this one's (PyTorch's vectorized kernels differ by instruction set): the quick
 # ones (a slow numeric test, e.g. a reference table, runs once, in the first pass), spread
 # test by test (they share no state across tests).
-TEST_WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
 CPU_CAPABILITIES := default avx2
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=15
 	@for cap in $(CPU_CAPABILITIES); do \
 	  echo "numeric tests with ATEN_CPU_CAPABILITY=$$cap"; \
 	  ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -n auto --dist load -q -m "numeric and not slow" \
