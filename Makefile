@@ -77,9 +77,8 @@ PORT ?= 5000
 ui: $(STAMP)
 	$(PY) -m study.tracking.ui --port $(PORT)
 
-# One pytest worker per core (on 2 cores a third worker raised the suite's CPU time by 27%,
-# contention, for a main pass of 773 s against 826 s with two before fixes worth ~2 min
-# of it: no gain). Each test file stays on one worker (the
+# One pytest worker per core: the suite is CPU-bound (on 2 cores a third worker only raised
+# its CPU time by 27%; docs/performance.md). Each test file stays on one worker (the
 # pipeline tests share one DVC run of the quick profile), handed out longest first
 # (tests/conftest.py's order; xdist would otherwise start with the files of most tests).
 # `pytest` alone runs them in one process.

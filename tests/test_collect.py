@@ -181,10 +181,9 @@ def test_a_clean_set_collects_to_the_same_bytes_as_before_the_checks(project, tm
              "label_noise", "plateau_at_step"}  # fmt: skip
     assert set(new.columns) - set(old.columns) == added
     pd.testing.assert_frame_equal(plain(new.drop(columns=sorted(added))), plain(old))
-    # The categories of `sweep` have grown by the new sweeps, so the tables are compared as
-    # values; the other outputs byte for byte.
-    # Columns added since (the residual scaling's, above) are left out of the other tables
-    # too; none of the old ones may be missing.
+    # The other tables likewise: none of the old columns missing, no column added but those,
+    # compared as values (the categories of `sweep` have grown by the new sweeps); every
+    # other output byte for byte.
     for name in [n for n in now if n.endswith(".parquet")]:
         new, old = (pd.read_parquet(io.BytesIO(d.pop(name))) for d in (now, then))
         assert set(old.columns) <= set(new.columns) <= set(old.columns) | added, name
