@@ -101,6 +101,27 @@ def test_jacobian_table_compares_with_free_probability():
     [row] = beyond.jacobian_table(runs, FEATURES).itertuples()
     assert row.mean_ratio == pytest.approx(1.0) and row.var_ratio == pytest.approx(1.0)
     assert row.mean_agrees and row.var_agrees and row.var_covered and row.n_seeds == 2
+    # Each net's v/m^2: (var f) / (mean f)^2 = theory's v/m^2 / f, so 1/0.9 and 1/1.1.
+    assert row.theory_shape == pytest.approx(var / mean**2)
+    assert row.shape_ratio == pytest.approx((1 / 0.9 + 1 / 1.1) / 2)
+    assert row.shape_agrees
+
+
+def test_jacobian_table_judges_each_net_by_its_own_mean():
+    """Nets whose spectra have theory's shape (v = m^2 x theory's v/m^2) but whose means
+    spread from seed to seed: the seeds' mean v overshoots theory, the per-net shape does not."""
+    model = ModelConfig(depth=32, width=256, activation="relu", init="gaussian",
+                        sigma_w2=2.0, sigma_b2=0.0)  # fmt: skip
+    mean, var = isometry.predict(model, 40)
+    means = [0.6, 1.4]  # E[m] = 1 = theory's m, E[m^2] = 1.16
+    runs = pd.DataFrame([{"sweep": "jacobian", "status": "finished", "activation": "relu",
+                          "init": "gaussian", "sigma_w2": 2.0, "sigma_b2": 0.0, "depth": 32,
+                          "width": 256, "dataset": "mnist1d", "seed": s,
+                          "jacobian_eig_mean": m, "jacobian_eig_var": m**2 * var / mean**2}
+                         for s, m in enumerate(means)])  # fmt: skip
+    [row] = beyond.jacobian_table(runs, FEATURES).itertuples()
+    assert row.var_ratio == pytest.approx(1.16) and not row.var_agrees
+    assert row.shape_ratio == pytest.approx(1.0) and row.shape_agrees
 
 
 def test_residual_table_uses_the_effective_branch_scale():
@@ -137,3 +158,20 @@ def test_the_paper_tables_come_from_the_analysis_tables(tmp_path):
              if line.startswith("trainable depth")]  # fmt: skip
     assert row.endswith("& yes \\\\")  # 6 inside [3.5, 8.5]
     assert r"\newcommand{\BeyondRatioPointsTanh}{3}" in texts["tables/beyond_numbers.tex"]
+    assert r"\newcommand{\BeyondJacobianShapeAgree}{--}" in empty["tables/beyond_numbers.tex"]
+    # A Jacobian cell: the seeds' mean v 16% over theory, each net's v/m^2 on it.
+    model = ModelConfig(depth=32, width=256, activation="relu", init="gaussian",
+                        sigma_w2=2.0, sigma_b2=0.0)  # fmt: skip
+    mean, var = isometry.predict(model, 40)
+    runs = pd.DataFrame([{"sweep": "jacobian", "status": "finished", "activation": "relu",
+                          "init": "gaussian", "sigma_w2": 2.0, "sigma_b2": 0.0, "depth": 32,
+                          "width": 256, "dataset": "mnist1d", "seed": s,
+                          "jacobian_eig_mean": m, "jacobian_eig_var": m**2 * var / mean**2}
+                         for s, m in enumerate((0.6, 1.4))])  # fmt: skip
+    beyond.jacobian_table(runs, FEATURES).to_parquet(tmp_path / "beyond_jacobian.parquet")
+    texts = tables_beyond.texts(tmp_path)
+    lines = texts["tables/beyond_claims.tex"].splitlines()
+    [raw] = [line for line in lines if line.startswith("var.\\ of $JJ^T$")]
+    [shape] = [line for line in lines if line.startswith("per net $v/m^2$")]
+    assert not raw.endswith("& yes \\\\") and shape.endswith("& yes \\\\")
+    assert r"\newcommand{\BeyondJacobianShapeAgree}{1 of 1}" in texts["tables/beyond_numbers.tex"]

@@ -159,7 +159,11 @@ def width_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataFram
 
 def jacobian_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataFrame:
     """Per cell of the jacobian sweep: the seeds' mean eigenvalue mean and variance of J J^T
-    beside the free-probability prediction, and whether each agrees within AGREEMENT."""
+    beside the free-probability prediction, and whether each agrees within AGREEMENT.
+
+    Also each net's variance over its own squared mean, v/m^2 (``shape``), against theory's:
+    free probability predicts v/m^2 for every net, while the seeds' mean of v also carries the
+    spread of the nets' m (E[m^2] > E[m]^2), an excess that grows with depth/width."""
     keys = ["activation", "init", "sigma_w2", "sigma_b2", "depth", "width"]
     rows = []
     for key, group in _of(runs, "jacobian").groupby(keys, observed=True, sort=True):
@@ -167,8 +171,11 @@ def jacobian_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
         model = ModelConfig(depth=int(depth), width=int(width), activation=a, init=init,
                             sigma_w2=float(w), sigma_b2=float(b))  # fmt: skip
         mean, var = isometry.predict(model, num_features[str(group["dataset"].iloc[0])])
-        m = stats.t_interval(group["jacobian_eig_mean"].to_numpy(float))
-        v = stats.t_interval(group["jacobian_eig_var"].to_numpy(float))
+        per_net_mean = group["jacobian_eig_mean"].to_numpy(float)
+        per_net_var = group["jacobian_eig_var"].to_numpy(float)
+        m, v = stats.t_interval(per_net_mean), stats.t_interval(per_net_var)
+        shape = stats.t_interval(per_net_var / per_net_mean**2)
+        theory_shape = var / mean**2
         rows.append({**dict(zip(keys, key, strict=True)), "n_seeds": len(group),
                      "eig_mean": m.estimate, "eig_mean_low": m.low, "eig_mean_high": m.high,
                      "theory_mean": mean, "eig_var": v.estimate, "eig_var_low": v.low,
@@ -177,7 +184,11 @@ def jacobian_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
                      "mean_agrees": bool(abs(m.estimate / mean - 1) <= AGREEMENT),
                      "var_agrees": bool(abs(v.estimate / var - 1) <= AGREEMENT),
                      # the seeds' spread is wide at depth: does their interval hold it?
-                     "var_covered": bool(v.low <= var <= v.high)})  # fmt: skip
+                     "var_covered": bool(v.low <= var <= v.high),
+                     "shape": shape.estimate, "shape_low": shape.low, "shape_high": shape.high,
+                     "theory_shape": theory_shape, "shape_ratio": shape.estimate / theory_shape,
+                     "shape_agrees": bool(abs(shape.estimate / theory_shape - 1)
+                                          <= AGREEMENT)})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -46,9 +46,9 @@ def numbers(t: dict[str, pd.DataFrame]) -> dict[str, str]:
         values[macro_name("beyond ratio", r.activation)] = _ci(r.ratio, r.low, r.high)
         values[macro_name("beyond ratio points", r.activation)] = number(r.n_points)
     jac = t["jacobian"]
-    values["BeyondJacobianVarAgree"] = (
-        f"{int(jac['var_agrees'].sum())} of {len(jac)}" if len(jac) else NONE
-    )
+    for column, name in (("var_agrees", "BeyondJacobianVarAgree"),
+                         ("shape_agrees", "BeyondJacobianShapeAgree")):  # fmt: skip
+        values[name] = f"{int(jac[column].sum())} of {len(jac)}" if column in jac else NONE
     return values
 
 
@@ -98,6 +98,10 @@ def claim_rows(t: dict[str, pd.DataFrame]) -> list[list[str]]:
                          _ci(r.eig_var, r.eig_var_low, r.eig_var_high),
                          YES if r.var_agrees else "interval holds it" if r.var_covered
                          else NO])  # fmt: skip
+            if "shape" in jac:  # each net's v/m^2, free probability's own statistic
+                rows.append([f"per net $v/m^2$, {escape(r.activation)} {kind}, $L$={r.depth}",
+                             number(r.theory_shape), _ci(r.shape, r.shape_low, r.shape_high),
+                             YES if r.shape_agrees else NO])  # fmt: skip
         rows.append([r"mean of $JJ^T$ eigenvalues, every cell", r"$\prod_l \chi_l$",
                      f"{int(jac['mean_agrees'].sum())} of {len(jac)} within "
                      r"\BeyondAgreement", _share(jac["mean_agrees"])])  # fmt: skip
