@@ -16,7 +16,7 @@ DVC := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc
 # The study's size (params.yaml): quick | standard | full.
 PROFILE ?= standard
 
-.PHONY: setup system study study-quick data example ui test test-fast lint bench clean
+.PHONY: setup system study study-quick data example ui test test-slow lint bench clean
 
 setup: $(STAMP) system
 
@@ -77,26 +77,31 @@ PORT ?= 5000
 ui: $(STAMP)
 	$(PY) -m study.tracking.ui --port $(PORT)
 
+# The suite in two tiers. `make test`: every unit and integration test, the command line
+# end to end (a run, its records and MLflow row, bad input, a divergence), then the numeric
+# tests again under the CPU capabilities a user's machine may pick instead of this one's
+# (PyTorch's vectorized kernels differ by instruction set), spread test by test (they share
+# no state across tests). `make test-slow`: the end-to-end tier, marked `slow` -- the DVC
+# pipeline on the quick profile, a throwaway SLURM cluster, a PostgreSQL-backed tracking
+# server, the UI in a browser, sweeps killed and resumed, the width-400 reference table.
+# CI runs both (.ci/run); docs/performance.md has their timings.
 # One pytest worker per core: the suite is CPU-bound (on 2 cores a third worker only raised
 # its CPU time by 27%; docs/performance.md). Each test file stays on one worker (the
 # pipeline tests share one DVC run of the quick profile), handed out longest first
 # (tests/conftest.py's order; xdist would otherwise start with the files of most tests).
-# `pytest` alone runs them in one process.
-# Then the numeric tests again under the CPU capabilities a user's machine may pick
-# instead of this one's (PyTorch's vectorized kernels differ by instruction set): the quick
-# ones (a slow numeric test, e.g. a reference table, runs once, in the first pass), spread
-# test by test (they share no state across tests).
+# `pytest` alone runs both tiers in one process.
 CPU_CAPABILITIES := default avx2
+PYTEST := $(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
 test: setup
-	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=15
+	$(PYTEST) -m "not slow" --durations=10
 	@for cap in $(CPU_CAPABILITIES); do \
 	  echo "numeric tests with ATEN_CPU_CAPABILITY=$$cap"; \
 	  ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -n auto --dist load -q -m "numeric and not slow" \
 	    || exit 1; \
 	done
 
-test-fast: setup
-	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
+test-slow: setup
+	$(PYTEST) -m slow --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check .

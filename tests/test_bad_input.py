@@ -70,7 +70,6 @@ def answers(tmp_path_factory, prepared) -> dict[str, tuple[Path, subprocess.Comp
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("args", "key", "hint"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(answers, args, key, hint):
     work, proc = answers[args]

@@ -117,7 +117,6 @@ def test_only_keeps_other_manifest_entries(tmp_path, capsys):
     assert len(out) == 1 and out[0].startswith("digits:")
 
 
-@pytest.mark.slow
 def test_cli_writes_both_files(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "study.data", "--out", str(tmp_path)],

@@ -114,7 +114,6 @@ def test_the_mirror_command_refuses_a_uri_it_cannot_clean_in_one_line(
     ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [

@@ -32,7 +32,6 @@ def mlflow_runs(workdir: Path):
     return client, client.search_runs([e.experiment_id for e in experiments])
 
 
-@pytest.mark.slow
 def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
     proc = train(workdir, "model.depth=32", "model.activation=relu",
                  "model.init=kaiming_normal", "train.steps=0")  # fmt: skip
@@ -72,7 +71,6 @@ def test_probe_only_run_writes_records_and_a_finished_mlflow_run(workdir):
     assert {"layers.parquet", "config.json", "profile.svg"} <= artifacts
 
 
-@pytest.mark.slow
 def test_absurd_learning_rate_diverges_and_is_recorded(workdir):
     proc = train(workdir, "model.depth=4", "optim.lr=1e8", "train.steps=60",
                  "train.eval_every=20")  # fmt: skip
