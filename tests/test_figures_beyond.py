@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from study.analysis import beyond  # noqa: E402
+from study.analysis import beyond, isometry  # noqa: E402
+from study.config import ModelConfig  # noqa: E402
 from study.report import figures_beyond as fb  # noqa: E402
 from study.report import style  # noqa: E402
 
@@ -65,16 +66,21 @@ def test_width_figure_draws_each_configuration_and_mean_field():
 
 
 def test_jacobian_figure_has_points_and_theory_per_configuration():
+    def theory(init: str, depth: int) -> float:
+        model = ModelConfig(depth=depth, width=256, activation="relu", init=init,
+                            sigma_w2=2.0, sigma_b2=0.0)  # fmt: skip
+        return isometry.predict(model, 40)[1]
+
+    # The points 1.5 times theory: the dashed lines must be the table's theory, not them.
     rows = [{"activation": "relu", "init": init, "sigma_w2": 2.0, "sigma_b2": 0.0, "depth": d,
-             "width": 256, "eig_var": v * d, "eig_var_low": v * d * 0.9,
-             "eig_var_high": v * d * 1.1}
-            for init, v in (("gaussian", 2.0), ("scaled_orthogonal", 1.0))
-            for d in (2, 8, 32)]  # fmt: skip
+             "width": 256, "eig_var": 1.5 * theory(init, d), "eig_var_low": np.nan,
+             "eig_var_high": np.nan, "theory_var": theory(init, d)}
+            for init in ("gaussian", "scaled_orthogonal") for d in (32, 2, 8)]  # fmt: skip
     ax = fb.jacobian_figure(pd.DataFrame(rows)).axes[0]
-    theory = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
-    assert len(theory) == 2
+    theory_lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(theory_lines) == 2
     # ReLU at chi = 1: 2L with Gaussian weights, L with orthogonal ones.
-    slopes = sorted(np.polyfit(*line.get_data(), 1)[0] for line in theory)
+    slopes = sorted(np.polyfit(*line.get_data(), 1)[0] for line in theory_lines)
     assert slopes == pytest.approx([1.0, 2.0], rel=0.05)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "free probability" in labels and len(labels) == 3

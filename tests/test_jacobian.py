@@ -196,6 +196,31 @@ def test_predict_reads_the_cells_variances_and_gives_nan_outside_plain_nets():
         assert np.isnan(isometry.predict(other, FEATURES)).all()
 
 
+def test_the_prediction_is_averaged_over_the_inputs_second_moments(tmp_path):
+    """The probe averages over examples whose |x|^2 / n differ: a saturating net's
+    prediction is the average of theirs (not the prediction at their mean), ReLU's is not
+    moved by them (positively homogeneous)."""
+    rows = np.array([[1.0, 1.0], [3.0, 3.0], [0.0, 2.0], [2.0, 2.0]])  # moments 1, 9, 2, 4
+    np.savez(tmp_path / "toy.npz", x_train=rows)
+    levels = (np.arange(isometry.QUANTILES) + 0.5) / isometry.QUANTILES
+    want = np.quantile([1.0, 9.0, 2.0, 4.0], levels)
+    assert isometry.second_moments(tmp_path / "toy.npz") == pytest.approx(want)
+    tanh = ModelConfig(depth=8, width=64, activation=Activation.tanh, init=Init.gaussian,
+                       sigma_w2=1.5, sigma_b2=0.05)  # fmt: skip
+    moments = np.array([0.5, 1.5])
+    each = [isometry.predict(tanh, FEATURES, input_second_moment=m) for m in moments]
+    assert isometry.predict_over(tanh, FEATURES, moments) == pytest.approx(np.mean(each, axis=0))
+    assert isometry.predict_over(tanh, FEATURES, moments)[0] != pytest.approx(
+        isometry.predict(tanh, FEATURES)[0], rel=1e-3
+    )  # fmt: skip
+    assert isometry.predict_over(tanh, FEATURES, None) == isometry.predict(tanh, FEATURES)
+    relu = ModelConfig(depth=8, width=64, activation=Activation.relu, init=Init.gaussian,
+                       sigma_w2=2.0, sigma_b2=0.0)  # fmt: skip
+    assert isometry.predict_over(relu, FEATURES, moments) == pytest.approx(
+        isometry.predict(relu, FEATURES)
+    )  # fmt: skip
+
+
 # Plain nets at width 128, 8 nets of 2 examples each: the measured mean and variance of
 # the eigenvalues against the prediction (finite width adds ~L/W to the relative variance).
 PLAIN = [

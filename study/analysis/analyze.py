@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from study import records
-from study.analysis import beyond, claims, hypotheses, outcomes, stats, theory, verdicts
+from study.analysis import beyond, claims, hypotheses, isometry, outcomes, stats, theory, verdicts
 from study.analysis import tuning as convergence
 from study.config import interruptible
 from study.records import Status, summary_column, write_table
@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
               "run `dvc repro collect` first", file=sys.stderr)  # fmt: skip
         sys.exit(1)
     num_features = {name: entry["num_features"] for name, entry in manifest.items()}
+    # The inputs' second moments per dataset (the .npz files the manifest checksums).
+    moments = {name: isometry.second_moments(args.data / f"{name}.npz") for name in manifest}
     everything = runs  # beyond.tables reads its own sweeps, the articles' analysis the rest
     runs, layers, curves = (t[~t["sweep"].isin(beyond.SWEEPS)] for t in (runs, layers, curves))
     runs = outcomes.with_branch(runs)
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             convergence.configurations(values, manifest), claims.HYPOTHESES
         ),
         "claims": table,
-        **beyond.tables(everything, num_features),  # issue 26: analysis/beyond_*.parquet
+        **beyond.tables(everything, num_features, moments),  # issue 26: analysis/beyond_*.parquet
     }
     for name, frame in outputs.items():
         write_table(frame.reset_index(drop=True), args.out / f"{name}.parquet")

@@ -157,9 +157,15 @@ def width_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataFram
 # ----------------------------------------------------------------------------- jacobian
 
 
-def jacobian_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataFrame:
+def jacobian_table(
+    runs: pd.DataFrame,
+    num_features: dict[str, int],
+    moments: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
     """Per cell of the jacobian sweep: the seeds' mean eigenvalue mean and variance of J J^T
-    beside the free-probability prediction, and whether each agrees within AGREEMENT.
+    beside the free-probability prediction, and whether each agrees within AGREEMENT. The
+    prediction is averaged over the dataset's second ``moments`` where given
+    (``isometry.predict_over``: the probe averages over examples whose q_1 differ).
 
     Also each net's variance over its own squared mean, v/m^2 (``shape``), against theory's:
     free probability predicts v/m^2 for every net, while the seeds' mean of v also carries the
@@ -170,7 +176,9 @@ def jacobian_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
         a, init, w, b, depth, width = key
         model = ModelConfig(depth=int(depth), width=int(width), activation=a, init=init,
                             sigma_w2=float(w), sigma_b2=float(b))  # fmt: skip
-        mean, var = isometry.predict(model, num_features[str(group["dataset"].iloc[0])])
+        dataset = str(group["dataset"].iloc[0])
+        mean, var = isometry.predict_over(model, num_features[dataset],
+                                          (moments or {}).get(dataset))  # fmt: skip
         per_net_mean = group["jacobian_eig_mean"].to_numpy(float)
         per_net_var = group["jacobian_eig_var"].to_numpy(float)
         m, v = stats.t_interval(per_net_mean), stats.t_interval(per_net_var)
@@ -228,8 +236,13 @@ def residual_table(runs: pd.DataFrame, num_features: dict[str, int]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def tables(runs: pd.DataFrame, num_features: dict[str, int]) -> dict[str, pd.DataFrame]:
-    """Every table of this module, written as results/analysis/<name>.parquet."""
+def tables(
+    runs: pd.DataFrame,
+    num_features: dict[str, int],
+    moments: dict[str, np.ndarray] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Every table of this module, written as results/analysis/<name>.parquet (``moments``:
+    each dataset's second moments, for the Jacobian's prediction)."""
     cells = phase_cells(runs)
     depths = phase_depths(cells)
     frames = {
@@ -238,7 +251,7 @@ def tables(runs: pd.DataFrame, num_features: dict[str, int]) -> dict[str, pd.Dat
         "phase_ratio": depth_ratio(depths),
         "xi_c": xi_table(cells) if len(cells) else pd.DataFrame(),
         "width": width_table(runs, num_features),
-        "jacobian": jacobian_table(runs, num_features),
+        "jacobian": jacobian_table(runs, num_features, moments),
         "residual_scale": residual_table(runs, num_features),
     }
     return {f"beyond_{name}": frame for name, frame in frames.items()}

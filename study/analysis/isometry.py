@@ -15,6 +15,12 @@ Pastur; a uniform init's weights too, by universality), 0 for orthogonal ones. A
 point with chi = 1 this is v = L (mu_2 / mu_1^2 - 1 - s_1): ReLU with He weights gives 2L
 (Gaussian) or L (orthogonal); a linear net L or 0.
 
+The probe averages each statistic over a few training examples, whose second moments
+|x|^2 / n vary (MNIST-1D, standardized: mean 1, sd 0.46): q_1 varies with them, and a
+saturating net's spectrum with q_1 (ReLU's does not: it is positively homogeneous). So the
+prediction the probe is measured against is averaged over the training set's second
+moments (``second_moments``, ``predict_over``), not taken at their mean.
+
 There is no prediction (NaN) for norms and skips, nor for the condition number: its extreme
 eigenvalues are not in the first two moments.
 """
@@ -22,6 +28,9 @@ eigenvalues are not in the first two moments.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import numpy as np
 
 from study.analysis import meanfield
 from study.config import Activation, Init, ModelConfig, Norm, Skip
@@ -73,3 +82,26 @@ def predict(
     sigma_b2 = nets.sigma_b2(init, width, model.sigma_b2)
     q1 = sigma_w2 * (stem_w2 * input_second_moment + stem_b2) + sigma_b2
     return spectrum(activation, sigma_w2, sigma_b2, model.depth, q1, init in ORTHOGONAL)
+
+
+QUANTILES = 64  # the training set's second moments, as this many evenly spaced quantiles
+
+
+def second_moments(npz: Path) -> np.ndarray:
+    """Each training example's second moment |x|^2 / n of a prepared dataset (its .npz), as
+    QUANTILES evenly spaced quantiles: the input distribution, deterministically."""
+    with np.load(npz, allow_pickle=False) as data:
+        x = data["x_train"].astype(np.float64)
+    return np.quantile((x**2).mean(axis=1), (np.arange(QUANTILES) + 0.5) / QUANTILES)
+
+
+def predict_over(
+    model: ModelConfig, num_features: int, moments: np.ndarray | None
+) -> tuple[float, float]:
+    """:func:`predict` averaged over the examples' second moments (mean and variance are
+    each an average over examples, as the probe's); at the mean second moment, 1, without
+    them."""
+    if moments is None or len(moments) == 0:
+        return predict(model, num_features)
+    pairs = np.array([predict(model, num_features, float(s)) for s in moments])
+    return float(pairs[:, 0].mean()), float(pairs[:, 1].mean())

@@ -17,8 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study.analysis import beyond, isometry
-from study.config import ModelConfig
+from study.analysis import beyond
 from study.records import write_json
 from study.report import style
 
@@ -118,28 +117,25 @@ def residual_figure(residual: pd.DataFrame) -> Figure:
     return fig
 
 
-def jacobian_figure(jacobian: pd.DataFrame, num_features: int = 40) -> Figure:
+def jacobian_figure(jacobian: pd.DataFrame) -> Figure:
     """The variance of the eigenvalues of J J^T against depth per configuration (points with
-    the seeds' interval), and free probability's prediction along every depth (line)."""
+    the seeds' interval), and free probability's prediction at the same depths (dashed: the
+    table's ``theory_var``, averaged over the inputs as the probe is)."""
     fig, ax = plt.subplots(figsize=(style.COLUMN, 2.6))
     if jacobian.empty:
         style.no_data(ax)
         return fig
     keys = ["activation", "init", "sigma_w2", "sigma_b2", "width"]
     for key, part in jacobian.groupby(keys, observed=True):
-        a, init, w, b, width = key
+        a, init, w, _, _ = key
+        part = part.sort_values("depth")
         color = style.COLORS["init"][str(init)] if a == "relu" else style.COLORS["activation"][a]
         name = f"{a}, {'orth.' if 'orthogonal' in str(init) else 'Gauss.'}, $\\sigma_w^2$={w:g}"
         ax.errorbar(part["depth"], part["eig_var"],
                     yerr=[part["eig_var"] - part["eig_var_low"].fillna(part["eig_var"]),
                           part["eig_var_high"].fillna(part["eig_var"]) - part["eig_var"]],
                     fmt="o", color=color, ms=3.5, lw=0.8, label=name)  # fmt: skip
-        # At the measured depths and 1: each prediction walks the q_l recursion.
-        depths = np.unique([1, *part["depth"].astype(int)])
-        theory = [isometry.predict(ModelConfig(depth=int(d), width=int(width), activation=a,
-                                               init=init, sigma_w2=float(w), sigma_b2=float(b)),
-                                   num_features)[1] for d in depths]  # fmt: skip
-        ax.plot(depths, theory, color=color, lw=0.9, ls="--")
+        ax.plot(part["depth"], part["theory_var"], color=color, lw=0.9, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("depth $L$")
