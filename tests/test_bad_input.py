@@ -187,11 +187,18 @@ def test_an_interrupt_lost_in_a_garbage_collection_callback_is_raised_again():
         def __del__(self):
             raise KeyboardInterrupt  # where the signal lands if it comes mid-collection
 
-    def work():
+    def work(seconds: float) -> str:
         CollectedDuringCtrlC()  # collected at once; Python alone would print and go on
-        time.sleep(0.5)  # the interrupted code (the interrupt comes again at 0.05 s)
+        # The interrupted code: short sleeps, so that a pending interrupt is raised within
+        # 10 ms of its coming (a long sleep would be noticed only as it ends).
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
         return "ran to its end"
 
-    assert work() == "ran to its end"  # unprotected, the interrupt is lost
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C raises
+    assert work(0.3) == "ran to its end"  # unprotected, the interrupt is lost
+    # Protected, it comes again 0.05 s later; 10 s leaves a loaded machine time to start the
+    # timer's thread (it is not a wait: the interrupt ends the work as soon as it comes).
     with pytest.raises(KeyboardInterrupt), train.interrupts_never_lost():
-        work()
+        work(10.0)
