@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -77,6 +78,13 @@ def probe_net(model, cfg, batches) -> dict:
     stack = Stack.of([model], cfg)
     stats = Probe(stack, cfg.activation, [(x[None], y[None]) for x, y in batches]).measure()
     return {name: values[0] for name, values in stats.items()}
+
+
+def foreground() -> None:
+    """``preexec_fn`` of a command a test stops with Ctrl-C: as a terminal's foreground job.
+    A shell starts a background job (``make test &``, a script's ``&``) with SIGINT ignored,
+    and a child inherits that, so Ctrl-C would never reach the command under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def subprocess_env() -> dict[str, str]:

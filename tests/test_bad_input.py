@@ -17,7 +17,7 @@ from study.engine import memory
 from study.runs import train
 from study.tracking import uri
 
-from .conftest import compose_config, subprocess_env
+from .conftest import compose_config, foreground, subprocess_env
 
 HUGE = "model.depth=20000 model.width=2048"  # within the bounds, beyond any machine's memory
 # (arguments, key the line names, what else it says); a sweep's start with -m.
@@ -161,7 +161,8 @@ def test_ctrl_c_ends_a_run_or_a_sweep_with_one_line(workdir, sweep):
     # A session of its own: Ctrl-C reaches a terminal's whole process group (workers too).
     proc = subprocess.Popen([sys.executable, "-m", "study.train", *args], cwd=workdir,
                             env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=foreground)  # fmt: skip
     deadline = time.monotonic() + 120
     folder = workdir / ("multirun" if sweep else "outputs")
     while not (folder.exists() and any(folder.rglob("*-s0*"))):  # the run is under way
@@ -196,9 +197,13 @@ def test_an_interrupt_lost_in_a_garbage_collection_callback_is_raised_again():
             time.sleep(0.01)
         return "ran to its end"
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C raises
-    assert work(0.3) == "ran to its end"  # unprotected, the interrupt is lost
-    # Protected, it comes again 0.05 s later; 10 s leaves a loaded machine time to start the
-    # timer's thread (it is not a wait: the interrupt ends the work as soon as it comes).
-    with pytest.raises(KeyboardInterrupt), train.interrupts_never_lost():
-        work(10.0)
+    # Ctrl-C raises here as in a foreground command (a background job's pytest ignores it).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert work(0.3) == "ran to its end"  # unprotected, the interrupt is lost
+        # Protected, it comes again 0.05 s later; 10 s leaves a loaded machine time to start
+        # the timer's thread (not a wait: the interrupt ends the work as soon as it comes).
+        with pytest.raises(KeyboardInterrupt), train.interrupts_never_lost():
+            work(10.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)

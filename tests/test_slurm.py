@@ -23,7 +23,7 @@ import pytest
 from study.config import Config, ConfigError, DataConfig, TrackingConfig, TrainConfig, as_dict
 from study.runs import jobs, sweep
 
-from .conftest import subprocess_env
+from .conftest import foreground, subprocess_env
 from .test_pipeline import checkout_copy, run, stages_run
 from .test_sweeps import SMOKE_CELLS, check_one_run_per_cell, record_dirs, sweep_runs
 
@@ -146,6 +146,7 @@ def submit(workdir: Path, env: dict[str, str], *overrides: str) -> subprocess.Po
     return subprocess.Popen(
         sweep_command(*overrides), cwd=workdir, env={**subprocess_env(), **env}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=foreground,
     )  # fmt: skip
 
 

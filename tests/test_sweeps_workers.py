@@ -19,7 +19,7 @@ import pytest
 from study import records
 from study.runs.pool import Pool
 
-from .conftest import subprocess_env, train
+from .conftest import foreground, subprocess_env, train
 from .test_sweeps import SMOKE_CELLS, check_one_run_per_cell, record_dirs, sweep_runs
 
 pytestmark = pytest.mark.slow
@@ -99,8 +99,7 @@ def test_stopping_the_parent_stops_its_workers(how):
     proc = subprocess.Popen(
         [sys.executable, "-c", POOL_SCRIPT], cwd=Path(__file__).resolve().parent.parent,
         env=subprocess_env(), start_new_session=True, stdout=subprocess.PIPE, text=True,
-        # A shell's background job ignores SIGINT; Ctrl-C reaches a foreground one.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=foreground,
     )  # fmt: skip
     assert proc.stdout.readline() == "started\n"
     deadline = time.monotonic() + 60
